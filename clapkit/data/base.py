@@ -1,0 +1,120 @@
+"""The dataset contract: a *source* lists items of a split and loads their frames per stream.
+
+A dataset plugin's factory returns a :class:`DatasetSource`. The core wraps a split of it in
+:class:`ClipDataset`, which applies the backbone's transform and yields
+
+    {"id": str, "label": int, "index": int, "streams": {stream: Tensor[T,3,H,W]}}
+
+A still image is a clip with T=1 and one stream (``"image"``). Batches collate to
+``{"id": list[str], "label": Tensor[B], "index": Tensor[B], "streams": {s: Tensor[B,T,3,H,W]}}``;
+the feature cache serves the same batches with ``"features": {s: Tensor[B,T,D]}`` instead of
+``"streams"``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import attrs
+import torch
+from PIL import Image
+
+
+@attrs.frozen
+class ItemRef:
+    """One item of a split, before any pixel is read.
+
+    ``id`` is stable and unique within the split (the relative path without extension); it is
+    the key of the feature cache. ``boxes`` maps a stream to its crop box(es): one
+    ``(x1, y1, x2, y2)`` for the clip, or a per-frame dict; absent = fallback crop.
+    """
+
+    id: str
+    label: int
+    path: str
+    num_frames: int | None = None
+    boxes: dict[str, Any] = attrs.field(factory=dict, eq=False, hash=False)
+
+
+class DatasetSource(ABC):
+    """A dataset in its published on-disk layout."""
+
+    #: class names, index = label
+    classes: list[str]
+    #: stream names each item yields, e.g. ("image",) or ("face", "context")
+    streams: tuple[str, ...] = ("image",)
+    #: frames per item after sampling (1 for images)
+    num_frames: int = 1
+
+    @abstractmethod
+    def splits(self) -> list[str]:
+        """Split names present on disk (``train``, ``valid``, ``test``, ...)."""
+
+    @abstractmethod
+    def refs(self, split: str) -> list[ItemRef]:
+        """Items of ``split`` in a stable order."""
+
+    @abstractmethod
+    def load(self, ref: ItemRef, train: bool, rng: random.Random) -> dict[str, list[Image.Image]]:
+        """The sampled frames of ``ref`` per stream (RGB PIL images, ``num_frames`` each).
+
+        ``train`` selects random-per-segment frame sampling; eval takes segment centres.
+        """
+
+    def fingerprint(self, split: str) -> str:
+        """Stable id of what ``split`` yields (items, labels, boxes, sampling options)."""
+        h = hashlib.sha256()
+        h.update(json.dumps(self.describe(), sort_keys=True, default=str).encode())
+        for r in self.refs(split):
+            h.update(f"{r.id}\t{r.label}\t{r.num_frames}\t"
+                     f"{json.dumps(r.boxes, sort_keys=True, default=str)}\n".encode())
+        return h.hexdigest()[:16]
+
+    def describe(self) -> dict[str, Any]:
+        """Options that change what items yield (part of the fingerprint)."""
+        return {"type": type(self).__name__, "classes": self.classes,
+                "streams": list(self.streams), "num_frames": self.num_frames}
+
+    def class_counts(self, split: str) -> list[int]:
+        counts = [0] * len(self.classes)
+        for r in self.refs(split):
+            counts[r.label] += 1
+        return counts
+
+
+class ClipDataset(torch.utils.data.Dataset):
+    """A split of a source as tensors: the backbone transform applied to every frame.
+
+    Random frame sampling in training draws from ``random.Random(seed, epoch, index)`` so an
+    epoch is reproducible and a resumed run sees the same frames.
+    """
+
+    def __init__(self, source: DatasetSource, split: str,
+                 transform: Callable[[Image.Image], torch.Tensor], train: bool,
+                 seed: int = 0, refs: Sequence[ItemRef] | None = None) -> None:
+        self.source, self.split, self.transform, self.train = source, split, transform, train
+        self.refs = list(refs) if refs is not None else source.refs(split)
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        ref = self.refs[index]
+        rng = random.Random(hash((self.seed, self.epoch, index)) if self.train else index)
+        frames = self.source.load(ref, self.train, rng)
+        streams = {s: torch.stack([self.transform(im) for im in frames[s]])
+                   for s in self.source.streams}
+        return {"id": ref.id, "label": ref.label, "index": index, "streams": streams}
+
+    @property
+    def labels(self) -> list[int]:
+        return [r.label for r in self.refs]

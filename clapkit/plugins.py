@@ -1,0 +1,211 @@
+"""Plugin loading: the ``clapkit`` entry-point group, recipe ``plugins = [...]`` modules.
+
+Built-in components live in the ``clapkit_plugins`` distribution module-by-module and are
+found through the same entry-point group as any third-party package. Each entry point is
+loaded on its own, so one broken install never hides the others: the failure is kept (name,
+distribution, exception) and shown by ``clapkit plugins`` and by any lookup that misses.
+
+``CLAPKIT_DISABLE_PLUGIN_AUTOLOAD=1`` skips third-party entry points (those of every
+distribution but clapkit itself), like pytest's ``PYTEST_DISABLE_PLUGIN_AUTOLOAD``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata as md
+import logging
+import os
+import sys
+from typing import Any
+
+import attrs
+import pluggy
+
+from . import hookspecs
+from .errors import ClapkitError, suggest
+from .registry import Registrar, Registries
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "clapkit"
+DISABLE_AUTOLOAD_ENV = "CLAPKIT_DISABLE_PLUGIN_AUTOLOAD"
+OWN_DISTRIBUTION = "clapkit"
+
+
+@attrs.define
+class PluginInfo:
+    """What ``clapkit plugins --hooks`` shows for one loaded plugin."""
+
+    name: str
+    provider: str
+    version: str
+    hooks: list[str] = attrs.field(factory=list)
+
+
+@attrs.define
+class BrokenPlugin:
+    """An entry point or module that failed to load."""
+
+    name: str
+    provider: str
+    error: str
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.provider}): {self.error}"
+
+
+class _Manager(pluggy.PluginManager):
+    """Like pytest's: unmarked module functions named ``clapkit_*`` are hook implementations
+    too, so a misspelled hook name is caught by ``check_pending`` instead of ignored."""
+
+    def parse_hookimpl_opts(self, plugin: Any, name: str) -> Any:
+        opts = super().parse_hookimpl_opts(plugin, name)
+        if opts is None and name.startswith("clapkit_"):
+            method = getattr(plugin, name, None)
+            if callable(method) and not isinstance(method, type):
+                return {}
+        return opts
+
+
+class PluginHost:
+    """The pluggy manager plus the registries it fills.
+
+    ``host.registries`` holds the components; ``host.hook`` fires event hooks.
+    """
+
+    def __init__(self) -> None:
+        self.pm = _Manager(hookspecs.PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        self.registries = Registries()
+        self.plugins: dict[str, PluginInfo] = {}
+        self.broken: list[BrokenPlugin] = []
+        self._spec_names = {n for n in dir(hookspecs) if n.startswith("clapkit_")}
+
+    @property
+    def hook(self) -> Any:
+        return self.pm.hook
+
+    # -- loading ---------------------------------------------------------------------------
+
+    def load_entry_points(self, autoload_third_party: bool | None = None) -> None:
+        """Load every ``clapkit`` entry point, each on its own."""
+        if autoload_third_party is None:
+            autoload_third_party = not os.environ.get(DISABLE_AUTOLOAD_ENV)
+        eps = md.entry_points(group=ENTRY_POINT_GROUP)
+        for ep in sorted(eps, key=lambda e: (e.dist.name if e.dist else "", e.name)):
+            dist = ep.dist.name if ep.dist else "unknown"
+            version = ep.dist.version if ep.dist else ""
+            if not autoload_third_party and _norm(dist) != OWN_DISTRIBUTION:
+                continue
+            if ep.name in self.plugins:
+                continue
+            try:
+                obj = ep.load()
+            except Exception as exc:  # noqa: BLE001 - any import failure is reported, not fatal
+                self._mark_broken(ep.name, dist, f"{type(exc).__name__}: {exc}")
+                continue
+            self.add_plugin(obj, ep.name, dist, version)
+
+    def load_module(self, dotted: str, source: str = "recipe") -> None:
+        """Load a plugin module named in a recipe's ``plugins = [...]`` list."""
+        if dotted in self.plugins:
+            return
+        try:
+            obj = importlib.import_module(dotted)
+        except Exception as exc:  # noqa: BLE001
+            raise ClapkitError(f"{source}: plugin module '{dotted}' failed to import: "
+                               f"{type(exc).__name__}: {exc}") from exc
+        dist, version = _distribution_of(dotted)
+        self.add_plugin(obj, dotted, dist, version, strict=True)
+
+    def add_plugin(self, obj: Any, name: str, provider: str, version: str = "",
+                   strict: bool = False) -> bool:
+        """Register ``obj`` (module or object) as plugin ``name`` and run its registration.
+
+        A hook implementation whose name is no clapkit hook fails here, never later.
+        Returns False (and records the failure) when the plugin is broken, unless ``strict``.
+        """
+        try:
+            self._check_hook_names(obj, name)
+            self.pm.register(obj, name=name)
+            self.pm.check_pending()
+        except (pluggy.PluginValidationError, ClapkitError) as exc:
+            if self.pm.is_registered(obj):
+                self.pm.unregister(obj)
+            if strict:
+                raise ClapkitError(f"plugin {name} ({provider}): {exc}") from exc
+            self._mark_broken(name, provider, str(exc))
+            return False
+        info = PluginInfo(name, provider, version,
+                          sorted(c.name for c in self.pm.get_hookcallers(obj) or []))
+        self.plugins[name] = info
+        registrar = Registrar(self.registries, provider, version, name)
+        for impl in self.pm.hook.clapkit_register.get_hookimpls():
+            if impl.plugin is obj:
+                try:
+                    impl.function(registrar=registrar)
+                except ClapkitError:
+                    raise
+                except Exception as exc:  # noqa: BLE001
+                    if strict:
+                        raise ClapkitError(f"plugin {name} ({provider}) failed to register: "
+                                           f"{type(exc).__name__}: {exc}") from exc
+                    self._mark_broken(name, provider, f"registration failed: "
+                                      f"{type(exc).__name__}: {exc}")
+                    return False
+        return True
+
+    def _check_hook_names(self, obj: Any, name: str) -> None:
+        """Reject ``clapkit_*`` functions marked as hooks that match no spec (typos)."""
+        for attr in dir(obj):
+            if not attr.startswith("clapkit_") or attr in self._spec_names:
+                continue
+            fn = getattr(obj, attr, None)
+            if callable(fn) and not isinstance(fn, type):
+                close = suggest(attr, self._spec_names)
+                hint = f"; did you mean '{close}'?" if close else ""
+                raise ClapkitError(f"unknown hook '{attr}'{hint}")
+
+    def _mark_broken(self, name: str, provider: str, error: str) -> None:
+        broken = BrokenPlugin(name, provider, error)
+        self.broken.append(broken)
+        for reg in self.registries:
+            reg.broken.append(broken.describe())
+        log.warning("clapkit plugin %s failed to load: %s", name, error)
+
+    # -- listing ---------------------------------------------------------------------------
+
+    def register_listener(self, obj: Any, name: str | None = None) -> None:
+        """Attach a run-time listener (a logger instance) to the event hooks."""
+        self.pm.register(obj, name=name)
+        self.pm.check_pending()
+
+    def unregister_listener(self, obj: Any) -> None:
+        if self.pm.is_registered(obj):
+            self.pm.unregister(obj)
+
+
+def _norm(name: str) -> str:
+    return name.lower().replace("_", "-")
+
+
+def _distribution_of(dotted: str) -> tuple[str, str]:
+    top = dotted.split(".")[0]
+    dists = md.packages_distributions().get(top) or []
+    if dists:
+        try:
+            return dists[0], md.version(dists[0])
+        except md.PackageNotFoundError:
+            return dists[0], ""
+    mod = sys.modules.get(dotted)
+    return f"local:{getattr(mod, '__file__', dotted)}", ""
+
+
+def get_plugin_host(modules: list[str] | tuple[str, ...] = (),
+                    autoload_third_party: bool | None = None) -> PluginHost:
+    """A fresh host with every entry point loaded, plus ``modules`` (recipe plugins)."""
+    host = PluginHost()
+    host.load_entry_points(autoload_third_party)
+    for m in modules:
+        host.load_module(m)
+    return host
