@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections.abc
 import types
 import typing
+from collections.abc import Callable
 from typing import Any, Literal, Union, get_args, get_origin
 
 import attrs
@@ -23,30 +24,41 @@ def field_names(cls: type) -> list[str]:
     return [f.name for f in attrs.fields(cls)]
 
 
-def structure(cls: type, table: dict[str, Any], *, file: str | None, key: str) -> Any:
-    """Build ``cls`` from ``table``; every failure is a :class:`RecipeError` at ``file: key``."""
+FileOf = Union[str, None, Callable[[str], str]]
+
+
+def _at(file: FileOf, key: str) -> str | None:
+    """The file that set ``key``: ``file`` may map dotted keys to files (recipe provenance)."""
+    return file(key) if callable(file) else file
+
+
+def structure(cls: type, table: dict[str, Any], *, file: FileOf, key: str) -> Any:
+    """Build ``cls`` from ``table``; every failure is a :class:`RecipeError` at ``file: key``.
+
+    ``file`` is a file name or a callable giving the file that set a dotted key.
+    """
     if not isinstance(table, dict):
-        raise RecipeError(file, key, f"expected a table, got {_tname(table)}")
+        raise RecipeError(_at(file, key), key, f"expected a table, got {_tname(table)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in attrs.fields(cls)}
     kwargs: dict[str, Any] = {}
     for name, value in table.items():
         sub = f"{key}.{name}" if key else name
         if name not in fields:
-            raise RecipeError(file, sub, "unknown key", allowed=fields, got=name)
+            raise RecipeError(_at(file, sub), sub, "unknown key", allowed=fields, got=name)
         kwargs[name] = convert(hints.get(name, Any), value, file=file, key=sub)
     missing = [n for n, f in fields.items()
                if f.default is attrs.NOTHING and n not in kwargs and f.init]
     if missing:
-        raise RecipeError(file, f"{key}.{missing[0]}" if key else missing[0],
+        raise RecipeError(_at(file, key), f"{key}.{missing[0]}" if key else missing[0],
                           "required key is missing")
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
-        raise RecipeError(file, key, f"invalid value: {exc}") from None
+        raise RecipeError(_at(file, key), key, f"invalid value: {exc}") from None
 
 
-def convert(tp: Any, value: Any, *, file: str | None, key: str) -> Any:
+def convert(tp: Any, value: Any, *, file: FileOf, key: str) -> Any:
     """Convert one TOML value to type ``tp`` or raise a RecipeError naming ``key``."""
     if tp is Any or tp is object:
         return value
@@ -54,7 +66,7 @@ def convert(tp: Any, value: Any, *, file: str | None, key: str) -> Any:
     if origin is Literal:
         choices = get_args(tp)
         if value not in choices:
-            raise RecipeError(file, key, f"invalid value {value!r}",
+            raise RecipeError(_at(file, key), key, f"invalid value {value!r}",
                               allowed=[str(c) for c in choices], got=str(value))
         return value
     if origin in (Union, types.UnionType):
@@ -69,13 +81,13 @@ def convert(tp: Any, value: Any, *, file: str | None, key: str) -> Any:
                 return convert(arg, value, file=file, key=key)
             except RecipeError as exc:
                 errors.append(exc.problem)
-        raise RecipeError(file, key, "; ".join(errors) or f"invalid value {value!r}")
+        raise RecipeError(_at(file, key), key, "; ".join(errors) or f"invalid value {value!r}")
     if origin in (list, tuple, collections.abc.Sequence):
         if not isinstance(value, (list, tuple)):
-            raise RecipeError(file, key, f"expected a list, got {_tname(value)}")
+            raise RecipeError(_at(file, key), key, f"expected a list, got {_tname(value)}")
         args = get_args(tp)
         if origin is tuple and args and args[-1] is not Ellipsis and len(args) != len(value):
-            raise RecipeError(file, key, f"expected {len(args)} values, got {len(value)}")
+            raise RecipeError(_at(file, key), key, f"expected {len(args)} values, got {len(value)}")
         item_t = args[0] if args else Any
         items = [convert(args[i] if origin is tuple and args and args[-1] is not Ellipsis
                          else item_t, v, file=file, key=f"{key}[{i}]")
@@ -83,26 +95,26 @@ def convert(tp: Any, value: Any, *, file: str | None, key: str) -> Any:
         return tuple(items) if origin is tuple else items
     if origin is dict:
         if not isinstance(value, dict):
-            raise RecipeError(file, key, f"expected a table, got {_tname(value)}")
+            raise RecipeError(_at(file, key), key, f"expected a table, got {_tname(value)}")
         kt, vt = (get_args(tp) + (Any, Any))[:2]
         return {k: convert(vt, v, file=file, key=f"{key}.{k}") for k, v in value.items()}
     if isinstance(tp, type) and attrs.has(tp):
         return structure(tp, value, file=file, key=key)
     if tp is bool:
         if not isinstance(value, bool):
-            raise RecipeError(file, key, f"expected true or false, got {value!r}")
+            raise RecipeError(_at(file, key), key, f"expected true or false, got {value!r}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise RecipeError(file, key, f"expected an integer, got {value!r}")
+            raise RecipeError(_at(file, key), key, f"expected an integer, got {value!r}")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise RecipeError(file, key, f"expected a number, got {value!r}")
+            raise RecipeError(_at(file, key), key, f"expected a number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise RecipeError(file, key, f"expected a string, got {value!r}")
+            raise RecipeError(_at(file, key), key, f"expected a string, got {value!r}")
         return value
     return value
 

@@ -11,6 +11,7 @@ Each key remembers the file that set it, so errors name the right file even thro
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -211,6 +212,9 @@ def validate(table: dict[str, Any], prov: Provenance, host: PluginHost,
                 return prov[key[:n]]
         return file
 
+    def where_dotted(dotted: str) -> str:
+        return where(*[p for p in re.split(r"\.|\[\d+\]", dotted) if p])
+
     for k in table:
         if k not in TOP_KEYS:
             raise RecipeError(where(k), k, "unknown section", allowed=TOP_KEYS, got=k)
@@ -221,21 +225,22 @@ def validate(table: dict[str, Any], prov: Provenance, host: PluginHost,
     for mod in plugins:
         host.load_module(mod, source=f"{where('plugins')}: plugins")
 
-    plain = {k: structure(cls, table.get(k, {}), file=where(k), key=k)
+    plain = {k: structure(cls, table.get(k, {}), file=where_dotted, key=k)
              for k, cls in PLAIN_SECTIONS.items()}
 
     stages_raw = table.get("stages", [])
     if not isinstance(stages_raw, list):
         raise RecipeError(where("stages"), "stages", "expected an array of tables [[stages]]")
-    stages = tuple(structure(StageConfig, s, file=where("stages"), key=f"stages[{i}]")
+    stages = tuple(structure(StageConfig, s, file=where_dotted, key=f"stages[{i}]")
                    for i, s in enumerate(stages_raw))
 
     comps: dict[str, Any] = {}
+    missing: list[str] = []
     for key, (kind, keys_cls, named, required) in COMPONENT_SECTIONS.items():
         raw = table.get(key)
         if raw is None:
             if required:
-                raise RecipeError(file, key, f"required section [{key}] is missing")
+                missing.append(key)
             comps[key] = {} if named else None
             continue
         if not isinstance(raw, dict):
@@ -246,17 +251,20 @@ def validate(table: dict[str, Any], prov: Provenance, host: PluginHost,
                 raise RecipeError(where(key, bad[0]), f"{key}.{bad[0]}",
                                   f"expected a table [{key}.{bad[0]}] with plugin = \"...\"")
             comps[key] = {n: _component(f"{key}.{n}", kind, keys_cls, v, where(key, n),
-                                        where, host)
+                                        where, where_dotted, host)
                           for n, v in raw.items()}
             if required and not comps[key]:
                 raise RecipeError(where(key), key, f"needs at least one [{key}.NAME] table")
         else:
-            comps[key] = _component(key, kind, keys_cls, raw, where(key), where, host)
+            comps[key] = _component(key, kind, keys_cls, raw, where(key), where, where_dotted,
+                                    host)
+    if missing:  # after the present sections, so a typo is reported before its consequence
+        raise RecipeError(file, missing[0], f"required section [{missing[0]}] is missing")
     return Recipe(file=file, plugins=tuple(plugins), stages=stages, **plain, **comps)
 
 
 def _component(section: str, kind: str, keys_cls: type, raw: dict[str, Any], file: str,
-               where: Any, host: PluginHost) -> ComponentSpec:
+               where: Any, where_dotted: Any, host: PluginHost) -> ComponentSpec:
     registry = host.registries[kind]
     path = tuple(section.split("."))
     core = field_names(keys_cls)
@@ -288,7 +296,7 @@ def _component(section: str, kind: str, keys_cls: type, raw: dict[str, Any], fil
             raise RecipeError(where(*path, k), f"{section}.{k}",
                               f"unknown key for {kind} plugin '{name}'",
                               allowed=["plugin", *core, *own], got=k)
-    keys = structure(keys_cls, core_part, file=file, key=section)
-    config = structure(entry.config_cls, own_part, file=file, key=section)
+    keys = structure(keys_cls, core_part, file=where_dotted, key=section)
+    config = structure(entry.config_cls, own_part, file=where_dotted, key=section)
     return ComponentSpec(section=section, kind=kind, plugin=name, keys=keys, config=config,
                          file=file)

@@ -1,0 +1,168 @@
+"""The ``clapkit`` command line (click).
+
+User errors (:class:`~clapkit.errors.ClapkitError`) exit with status 2 and one readable line;
+``--debug`` shows the traceback instead. Plugins add subcommands through the
+``clapkit_add_commands`` hook.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__
+from .errors import ClapkitError, NotBuiltYetError
+from .plugins import PluginHost, get_plugin_host
+from .registry import KINDS
+
+_host: PluginHost | None = None
+
+
+def host() -> PluginHost:
+    """The process-wide plugin host (entry points loaded once)."""
+    global _host
+    if _host is None:
+        _host = get_plugin_host()
+    return _host
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="clapkit")
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+def cli(debug: bool) -> None:
+    """clapkit: compose CLIP fine-tuning components (plugins) in TOML recipes and run them."""
+
+
+# --- plugins --------------------------------------------------------------------------------
+
+@cli.command("plugins")
+@click.option("--kind", type=click.Choice(KINDS), help="Only components of this kind.")
+@click.option("--hooks", is_flag=True, help="Also list the hooks each plugin implements.")
+def plugins_cmd(kind: str | None, hooks: bool) -> None:
+    """List registered components: kind, name, provider, version, summary."""
+    h = host()
+    rows = [(e.kind, e.name, e.provider, e.version, e.summary)
+            for e in h.registries.all_entries() if kind is None or e.kind == kind]
+    _table(["kind", "name", "provider", "version", "summary"], rows)
+    if hooks:
+        click.echo()
+        _table(["plugin", "provider", "hooks"],
+               [(p.name, p.provider, ", ".join(p.hooks)) for p in h.plugins.values()])
+    if h.broken:
+        click.echo()
+        click.echo(f"{len(h.broken)} plugin(s) failed to load:")
+        for b in h.broken:
+            click.echo(f"  {b.describe()}")
+
+
+def _table(header: list[str], rows: list[tuple[Any, ...]]) -> None:
+    cells = [header] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header) - 1)]
+    for r in cells:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
+
+
+# --- recipes --------------------------------------------------------------------------------
+
+@cli.group("recipe")
+def recipe_group() -> None:
+    """Check or print recipes."""
+
+
+_set_option = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                           help="Override a recipe key (TOML value syntax), e.g. run.seed=3.")
+
+
+@recipe_group.command("check")
+@click.argument("file", type=click.Path(path_type=Path))
+@_set_option
+def recipe_check(file: Path, overrides: tuple[str, ...]) -> None:
+    """Validate FILE (keys, plugin names, options) without running anything."""
+    from .recipe import load_recipe
+    recipe = load_recipe(file, host(), overrides)
+    n = len(recipe.components())
+    click.echo(f"{file}: ok ({n} components, {len(recipe.stages)} stages)")
+
+
+@recipe_group.command("show")
+@click.argument("file", type=click.Path(path_type=Path))
+@_set_option
+def recipe_show(file: Path, overrides: tuple[str, ...]) -> None:
+    """Print FILE fully resolved (extends, overrides, defaults) as TOML."""
+    from .recipe import load_recipe
+    click.echo(load_recipe(file, host(), overrides).to_toml(), nl=False)
+
+
+# --- run ------------------------------------------------------------------------------------
+
+@cli.command("run")
+@click.argument("file", type=click.Path(path_type=Path))
+@_set_option
+@click.option("--out", "out_dir", type=click.Path(path_type=Path),
+              help="Output folder (default: run.out_dir of the recipe).")
+@click.option("--resume", is_flag=True, help="Continue from the last checkpoint in the output.")
+def run_cmd(file: Path, overrides: tuple[str, ...], out_dir: Path | None, resume: bool) -> None:
+    """Train and evaluate the recipe FILE."""
+    try:
+        runner = importlib.import_module("clapkit.engine.runner")
+    except ModuleNotFoundError as exc:
+        if exc.name != "clapkit.engine.runner":
+            raise
+        from .recipe import load_recipe
+        recipe = load_recipe(file, host(), overrides)
+        raise NotBuiltYetError(f"{file}: recipe is valid ({len(recipe.components())} "
+                               "components) but the training engine is not built yet") from None
+    runner.run_recipe(file, overrides=overrides, out_dir=out_dir, resume=resume, host=host())
+
+
+# --- commands that live in their own modules ------------------------------------------------
+
+def _add_lazy_groups() -> None:
+    for module, attr in (("clapkit.cache_cli", "cache"), ("clapkit.data.cli", "data")):
+        try:
+            group = getattr(importlib.import_module(module), attr)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue
+        cli.add_command(group)
+
+
+_extended = False
+
+
+def get_cli() -> click.Group:
+    """The CLI with the core's command groups and every plugin's commands added."""
+    global _extended
+    if not _extended:
+        _add_lazy_groups()
+        host().hook.clapkit_add_commands(cli=cli)
+        _extended = True
+    return cli
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    try:
+        rc = get_cli().main(args=args, prog_name="clapkit", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except ClapkitError as exc:
+        if debug:
+            raise
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    sys.exit(rc if isinstance(rc, int) else 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
