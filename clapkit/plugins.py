@@ -144,14 +144,18 @@ class PluginHost:
             if impl.plugin is obj:
                 try:
                     impl.function(registrar=registrar)
-                except ClapkitError:
-                    raise
                 except Exception as exc:  # noqa: BLE001
                     if strict:
+                        self.pm.unregister(obj)
+                        del self.plugins[name]
+                        if isinstance(exc, ClapkitError):
+                            raise
                         raise ClapkitError(f"plugin {name} ({provider}) failed to register: "
                                            f"{type(exc).__name__}: {exc}") from exc
                     self._mark_broken(name, provider, f"registration failed: "
                                       f"{type(exc).__name__}: {exc}")
+                    self.pm.unregister(obj)
+                    del self.plugins[name]
                     return False
         return True
 
