@@ -1,0 +1,201 @@
+"""`console` logger: one compact line per epoch, banners, confusion table, run summary.
+
+Lines go through ``tqdm.write`` so they land above active progress bars instead of tearing
+them. Only rank 0 prints. Accuracies arrive as fractions and are shown as percentages.
+
+The last line mentioning "UAR" that a run prints is ``final valid UAR <x> | WAR <y>``: scripts
+that grep the final score rely on the first number after "UAR" on that line.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import attrs
+from tqdm import tqdm
+
+from clapkit import hookimpl
+from clapkit.interfaces import BuildContext
+from clapkit.plotting import short_names
+
+
+@attrs.frozen
+class ConsoleConfig:
+    """``confusion``: print the valid confusion matrix after each epoch; ``name_width``:
+    characters kept of each class name in that table; ``checkpoints``: announce each saved
+    checkpoint."""
+
+    confusion: bool = True
+    name_width: int = attrs.field(default=6, validator=attrs.validators.ge(1))
+    checkpoints: bool = False
+
+
+def _pct(value: Any) -> str:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return "n/a"
+    return "n/a" if math.isnan(v) else f"{100.0 * v:.1f}"
+
+
+def _num(value: Any, fmt: str) -> str:
+    try:
+        return format(float(value), fmt)
+    except (TypeError, ValueError):
+        return "n/a"
+
+
+def format_epoch_line(task: int, stage: str, epoch: int, total_epochs: int | None,
+                      metrics: dict[str, Any]) -> str:
+    """``[task 0 | stage prompt | epoch 2/5] loss 1.234 (ce 1.1, mi 0.1) | train WAR ...``.
+
+    ``epoch`` is 0-based; shown 1-based.
+    """
+    ep = f"{epoch + 1}/{total_epochs}" if total_epochs else f"{epoch + 1}"
+    header = f"[task {task} | stage {stage} | epoch {ep}]"
+    parts: list[str] = []
+    terms = [(k.split("/", 1)[1], v) for k, v in metrics.items()
+             if k.startswith("loss/") and k != "loss/total"]
+    if "loss/total" in metrics or terms:
+        loss = f"loss {_num(metrics['loss/total'], '.3f')}" if "loss/total" in metrics else "loss"
+        if terms:
+            loss += " (" + ", ".join(f"{n} {_num(v, '.3g')}" for n, v in terms) + ")"
+        parts.append(loss)
+    for label, prefix in (("train", "train/"), ("valid", "valid/"), ("best valid", "best/valid_")):
+        if f"{prefix}war" in metrics or f"{prefix}uar" in metrics:
+            parts.append(f"{label} WAR {_pct(metrics.get(f'{prefix}war'))} "
+                         f"UAR {_pct(metrics.get(f'{prefix}uar'))}")
+    lrs = [(k.split("/", 1)[1], v) for k, v in metrics.items() if k.startswith("lr/")]
+    if lrs:
+        parts.append("lr " + ", ".join(f"{n} {_num(v, '.2e')}" for n, v in lrs))
+    return f"{header} {' | '.join(parts)}".rstrip()
+
+
+def format_confusion(confusion: list[list[int]], class_names: list[str] | None,
+                     name_width: int = 6) -> str:
+    """Aligned text table, rows = true class, columns = predicted class."""
+    c = len(confusion)
+    names = class_names if class_names and len(class_names) == c else [str(i) for i in range(c)]
+    short = short_names(names, name_width)
+    corner = "true\\pred"
+    cell = max([len(s) for s in short] + [len(str(int(v))) for row in confusion for v in row])
+    first = max(len(corner), max((len(s) for s in short), default=0))
+    lines = [corner.ljust(first) + " " + " ".join(s.rjust(cell) for s in short)]
+    for name, row in zip(short, confusion):
+        lines.append(name.ljust(first) + " " + " ".join(str(int(v)).rjust(cell) for v in row))
+    return "\n".join(lines)
+
+
+class ConsoleLogger:
+    """Human-readable progress on stdout (rank 0 only)."""
+
+    def __init__(self, cfg: ConsoleConfig) -> None:
+        self.cfg = cfg
+
+    @staticmethod
+    def _active(run: Any) -> bool:
+        return getattr(run, "rank", 0) == 0
+
+    @staticmethod
+    def _write(text: str) -> None:
+        tqdm.write(text)
+
+    @staticmethod
+    def _stage_epochs(run: Any, stage: str) -> int | None:
+        recipe = getattr(run, "recipe", None)
+        for s in getattr(recipe, "stages", ()) or ():
+            if getattr(s, "name", None) == stage:
+                return int(s.epochs)
+        return None
+
+    @hookimpl
+    def clapkit_run_start(self, run: Any) -> None:
+        if not self._active(run):
+            return
+        recipe = getattr(run, "recipe", None)
+        name = getattr(getattr(recipe, "run", None), "name", "run")
+        n_cls = len(getattr(run, "class_names", []) or [])
+        self._write(f"=== run {name}: {n_cls} classes, {getattr(run, 'num_tasks', 1)} task(s), "
+                    f"output {getattr(run, 'out_dir', '?')} ===")
+
+    @hookimpl
+    def clapkit_task_start(self, run: Any, task: int, classes: list[int]) -> None:
+        if not self._active(run):
+            return
+        names = getattr(run, "class_names", []) or []
+        shown = [names[c] if 0 <= c < len(names) else str(c) for c in classes[:8]]
+        more = f", ... (+{len(classes) - 8})" if len(classes) > 8 else ""
+        self._write(f"=== task {task + 1}/{getattr(run, 'num_tasks', '?')} (task {task}): "
+                    f"{len(classes)} new classes: {', '.join(shown)}{more} ===")
+
+    @hookimpl
+    def clapkit_stage_start(self, run: Any, task: int, stage: str, trainable: list[str]) -> None:
+        if not self._active(run):
+            return
+        epochs = self._stage_epochs(run, stage)
+        head = ", ".join(trainable[:4]) + (f", ... (+{len(trainable) - 4})"
+                                           if len(trainable) > 4 else "")
+        self._write(f"--- task {task} | stage {stage}"
+                    + (f" | {epochs} epoch(s)" if epochs is not None else "")
+                    + f" | {len(trainable)} trainable tensor(s): {head or 'none'} ---")
+
+    @hookimpl
+    def clapkit_epoch_end(self, run: Any, task: int, stage: str, epoch: int,
+                          metrics: dict[str, Any]) -> None:
+        if not self._active(run):
+            return
+        self._write(format_epoch_line(task, stage, epoch, self._stage_epochs(run, stage),
+                                      metrics))
+        conf = metrics.get("valid/confusion")
+        if self.cfg.confusion and conf:
+            self._write(format_confusion(conf, getattr(run, "class_names", None),
+                                         self.cfg.name_width))
+
+    @hookimpl
+    def clapkit_stage_end(self, run: Any, task: int, stage: str) -> None:
+        if self._active(run):
+            self._write(f"--- task {task} | stage {stage} done ---")
+
+    @hookimpl
+    def clapkit_task_end(self, run: Any, task: int, metrics: dict[str, Any]) -> None:
+        if not self._active(run):
+            return
+        per_task = sorted(((int(k.split("/", 1)[1]), v) for k, v in metrics.items()
+                           if k.startswith("acc_task/")))
+        line = f"=== task {task} done: accuracy on seen classes {_pct(metrics.get('acc_seen'))}"
+        if per_task:
+            line += " | per task " + " ".join(f"{j}:{_pct(v)}" for j, v in per_task)
+        self._write(line + " ===")
+
+    @hookimpl
+    def clapkit_checkpoint_saved(self, run: Any, path: str) -> None:
+        if self.cfg.checkpoints and self._active(run):
+            self._write(f"checkpoint saved: {path}")
+
+    @hookimpl
+    def clapkit_run_end(self, run: Any, summary: dict[str, Any]) -> None:
+        if not self._active(run):
+            return
+        self._write("=== run summary ===")
+        inc = [(label, summary[k]) for k, label in
+               (("avg_incremental_acc", "avg incremental acc"), ("last_acc", "last acc"),
+                ("forgetting", "forgetting"), ("bwt", "BWT")) if k in summary]
+        if inc:
+            self._write(" | ".join(f"{label} {_pct(v)}" for label, v in inc))
+        if "best/valid_war" in summary or "best/valid_uar" in summary:
+            self._write(f"best valid WAR {_pct(summary.get('best/valid_war'))} "
+                        f"UAR {_pct(summary.get('best/valid_uar'))}")
+        if "final/valid_uar" in summary:  # must stay the last line that mentions UAR
+            self._write(f"final valid UAR {_pct(summary['final/valid_uar'])} | "
+                        f"WAR {_pct(summary.get('final/valid_war'))}")
+
+
+def build(cfg: ConsoleConfig, ctx: BuildContext) -> ConsoleLogger:
+    """Compact per-epoch lines, banners and the validation confusion matrix on stdout."""
+    return ConsoleLogger(cfg)
+
+
+@hookimpl
+def clapkit_register(registrar):
+    registrar.add("logger", "console", build, config=ConsoleConfig)

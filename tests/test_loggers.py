@@ -1,0 +1,241 @@
+"""The logger plugins, driven through the real pluggy event hooks with a stand-in run."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from PIL import Image
+
+from clapkit.errors import ClapkitError
+from clapkit.interfaces import BuildContext
+from clapkit.plugins import PluginHost, get_plugin_host
+
+CLASSES = ["anger", "happiness", "neutral"]
+
+
+@pytest.fixture(scope="module")
+def registries():
+    return get_plugin_host(autoload_third_party=False).registries
+
+
+def make_run(tmp_path: Path, rank: int = 0) -> SimpleNamespace:
+    recipe = SimpleNamespace(run=SimpleNamespace(name="demo"),
+                             stages=[SimpleNamespace(name="prompt", epochs=2),
+                                     SimpleNamespace(name="all", epochs=1)])
+    return SimpleNamespace(out_dir=tmp_path / "run", recipe=recipe, rank=rank,
+                           class_names=list(CLASSES), num_tasks=2)
+
+
+def epoch_metrics(i: int, with_dc: bool = False) -> dict:
+    m = {"loss/ce": 1.1 - 0.1 * i, "loss/mi": 0.1, "loss/total": 1.234 - 0.1 * i,
+         "train/war": 0.452 + 0.01 * i, "train/uar": 0.401, "valid/war": 0.503 + 0.01 * i,
+         "valid/uar": 0.487, "best/valid_war": 0.503 + 0.01 * i, "best/valid_uar": 0.487,
+         "best/train_war": 0.452, "best/train_uar": 0.401, "lr/prompt": 1e-3,
+         "valid/confusion": [[5, 1, 0], [2, 12, 1], [0, 3, 100]], "select_split": "valid"}
+    if with_dc:
+        m["loss/dc"] = 0.05
+    return m
+
+
+SUMMARY = {"avg_incremental_acc": 0.71, "last_acc": 0.62, "forgetting": 0.05, "bwt": -0.04,
+           "best/valid_war": 0.553, "best/valid_uar": 0.560, "final/valid_war": 0.560,
+           "final/valid_uar": 0.551}
+
+
+def build(registries, name: str, **options):
+    entry = registries.logger.get(name)
+    return entry.factory(entry.config_cls(**options), BuildContext())
+
+
+def drive(listener, run) -> None:
+    """A whole 2-task run: task 0 with stages prompt (2 epochs) + all (1), task 1 prompt."""
+    host = PluginHost()
+    host.register_listener(listener)
+    h = host.hook
+    h.clapkit_run_start(run=run)
+    for task, classes in ((0, [0, 1]), (1, [2])):
+        h.clapkit_task_start(run=run, task=task, classes=classes)
+        stages = (("prompt", 2), ("all", 1)) if task == 0 else (("prompt", 2),)
+        for stage, epochs in stages:
+            h.clapkit_stage_start(run=run, task=task, stage=stage, trainable=["prompt.ctx"])
+            for e in range(epochs):
+                h.clapkit_epoch_end(run=run, task=task, stage=stage, epoch=e,
+                                    metrics=epoch_metrics(e, with_dc=stage == "all"))
+                h.clapkit_checkpoint_saved(run=run, path=str(run.out_dir / "last.pt"))
+            h.clapkit_stage_end(run=run, task=task, stage=stage)
+        accs = {0: {"acc_seen": 0.8, "acc_task/0": 0.8},
+                1: {"acc_seen": 0.62, "acc_task/0": 0.75, "acc_task/1": 0.5}}[task]
+        h.clapkit_task_end(run=run, task=task, metrics=accs)
+    h.clapkit_run_end(run=run, summary=SUMMARY)
+
+
+def test_registered_with_configs(registries):
+    assert {"console", "jsonl", "tensorboard", "plots"} <= set(registries.logger.names())
+    with pytest.raises(ValueError):
+        registries.logger.get("plots").config_cls(every=0)
+
+
+# --- console ---------------------------------------------------------------------------------
+
+def test_console_lines_and_final_uar(registries, tmp_path, capsys):
+    drive(build(registries, "console"), make_run(tmp_path))
+    out = capsys.readouterr().out.splitlines()
+    assert ("[task 0 | stage prompt | epoch 2/2] loss 1.134 (ce 1, mi 0.1) | train WAR 46.2 "
+            "UAR 40.1 | valid WAR 51.3 UAR 48.7 | best valid WAR 51.3 UAR 48.7 | "
+            "lr prompt 1.00e-03") in out
+    assert any(line.startswith("[task 0 | stage all | epoch 1/1] loss 1.234 (ce 1.1, mi 0.1, "
+                               "dc 0.05)") for line in out)
+    # confusion table: header + one row per class, all aligned to the same width
+    i = out.index(next(line for line in out if line.startswith("true\\pred")))
+    table = out[i:i + 4]
+    assert table[0].split() == ["true\\pred", "anger", "happin", "neutra"]
+    assert table[3].split() == ["neutra", "0", "3", "100"]
+    assert len({len(row) for row in table}) == 1
+    assert any("task 1 done" in line and "0:75.0 1:50.0" in line for line in out)
+    assert any("avg incremental acc 71.0" in line and "BWT -4.0" in line for line in out)
+    # the acceptance script: last line mentioning uar, number within 12 non-digits after it
+    last = [line for line in out if re.search("uar", line, re.I)][-1]
+    m = re.search(r"uar\D{0,12}?(\d+(?:\.\d+)?)", last, re.I)
+    assert m and float(m.group(1)) == pytest.approx(55.1)
+
+
+def test_console_options_and_other_ranks(registries, tmp_path, capsys):
+    drive(build(registries, "console", confusion=False, checkpoints=True), make_run(tmp_path))
+    out = capsys.readouterr().out
+    assert "true\\pred" not in out and "checkpoint saved:" in out
+    drive(build(registries, "console"), make_run(tmp_path, rank=1))
+    assert capsys.readouterr().out == ""
+
+
+# --- jsonl / csv -------------------------------------------------------------------------------
+
+def test_jsonl_events_and_csv(registries, tmp_path):
+    run = make_run(tmp_path)
+    drive(build(registries, "jsonl", csv=True), run)
+    records = [json.loads(line) for line in
+               (run.out_dir / "metrics.jsonl").read_text().splitlines()]
+    events = [r["event"] for r in records]
+    assert events[:3] == ["run_start", "task_start", "stage_start"]
+    assert events.count("epoch_end") == 5 and events[-1] == "run_end"
+    assert events.count("checkpoint_saved") == 5
+    first = next(r for r in records if r["event"] == "epoch_end")
+    assert (first["task"], first["stage"], first["epoch"]) == (0, "prompt", 0)
+    assert first["metrics"]["valid/confusion"][2] == [0, 3, 100]
+    assert first["metrics"]["loss/total"] == pytest.approx(1.234)
+    task1 = [r for r in records if r["event"] == "task_end"][1]
+    assert task1["metrics"]["acc_task/1"] == 0.5
+    assert records[-1]["metrics"]["final/valid_uar"] == 0.551
+
+    with open(run.out_dir / "metrics.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 5
+    assert list(rows[0])[:3] == ["task", "stage", "epoch"]
+    assert "loss/dc" in rows[0] and rows[0]["loss/dc"] == ""      # column added by stage "all"
+    assert float(rows[2]["loss/dc"]) == pytest.approx(0.05)
+    assert "valid/confusion" not in rows[0] and "select_split" not in rows[0]
+    assert float(rows[1]["valid/war"]) == pytest.approx(0.513)
+    assert not list(run.out_dir.glob(".*tmp"))
+
+
+def test_jsonl_strict_json_appends_and_rank(registries, tmp_path):
+    import torch
+
+    run = make_run(tmp_path)
+    lg = build(registries, "jsonl")
+    host = PluginHost()
+    host.register_listener(lg)
+    host.hook.clapkit_task_end(run=run, task=0, metrics={"acc_seen": math.nan,
+                                                          "t": torch.tensor([1.5, 2.0])})
+    host.hook.clapkit_run_end(run=run, summary={"x": 1.0})
+    drive(build(registries, "jsonl"), run)                          # a resumed run appends
+    lines = (run.out_dir / "metrics.jsonl").read_text().splitlines()
+    first = json.loads(lines[0])
+    assert first["metrics"] == {"acc_seen": None, "t": [1.5, 2.0]}
+    assert len(lines) > 20 and not (run.out_dir / "metrics.csv").exists()
+    other = make_run(tmp_path / "r1", rank=1)
+    drive(build(registries, "jsonl", csv=True), other)
+    assert not other.out_dir.exists()
+
+
+# --- tensorboard -------------------------------------------------------------------------------
+
+def test_tensorboard_missing_package_error(registries, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    with pytest.raises(ClapkitError, match=re.escape("pip install 'clapkit[tensorboard]'")):
+        build(registries, "tensorboard")
+
+
+def test_tensorboard_writes_scalars(registries, tmp_path):
+    import tensorboard  # noqa: F401  (in the dev extra, so this test always runs)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = make_run(tmp_path)
+    drive(build(registries, "tensorboard"), run)
+    acc = EventAccumulator(str(run.out_dir / "tensorboard"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"valid/war", "loss/ce", "loss/dc", "lr/prompt", "task/acc_seen",
+            "summary/final/valid_uar"} <= tags
+    war = acc.Scalars("valid/war")
+    assert [e.step for e in war] == [0, 1, 2, 3, 4]
+    assert [e.value for e in war] == pytest.approx([0.503, 0.513, 0.503, 0.503, 0.513])
+    assert [e.value for e in acc.Scalars("task/acc_seen")] == pytest.approx([0.8, 0.62])
+    # a resumed run: steps follow the engine's run.global_epoch
+    resumed = make_run(tmp_path / "resumed")
+    resumed.global_epoch = 7
+    lg = build(registries, "tensorboard")
+    host = PluginHost()
+    host.register_listener(lg)
+    host.hook.clapkit_epoch_end(run=resumed, task=1, stage="prompt", epoch=1,
+                                metrics=epoch_metrics(1))
+    host.hook.clapkit_run_end(run=resumed, summary={})
+    acc = EventAccumulator(str(resumed.out_dir / "tensorboard"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("valid/war")] == [7]
+    other = make_run(tmp_path / "r1", rank=1)
+    drive(build(registries, "tensorboard"), other)
+    assert not other.out_dir.exists()
+
+
+# --- plots ---------------------------------------------------------------------------------------
+
+def test_plots_files(registries, tmp_path):
+    run = make_run(tmp_path)
+    drive(build(registries, "plots", dpi=50), run)
+    plots = run.out_dir / "plots"
+    names = sorted(p.name for p in plots.iterdir())
+    expected = {"confusion_latest.png", "accuracy_matrix.png", "learning_curves.png",
+                "confusion_t0_prompt_e0.png", "confusion_t0_prompt_e1.png",
+                "confusion_t0_all_e0.png", "confusion_t1_prompt_e0.png",
+                "confusion_t1_prompt_e1.png"}
+    assert set(names) == expected                        # no temp files left behind
+    with Image.open(plots / "confusion_latest.png") as im:
+        assert im.format == "PNG" and im.mode == "RGBA" and im.size == (250, 200)
+    with Image.open(plots / "learning_curves.png") as im:
+        assert im.format == "PNG" and im.size == (400, 225)
+    with Image.open(plots / "accuracy_matrix.png") as im:
+        assert im.format == "PNG" and im.size == (225, 175)
+        assert len(im.convert("RGB").getcolors(maxcolors=1 << 20)) > 20  # really drawn
+    assert (plots / "confusion_t1_prompt_e1.png").read_bytes() == \
+        (plots / "confusion_latest.png").read_bytes()
+
+
+def test_plots_every_and_rank(registries, tmp_path):
+    run = make_run(tmp_path)
+    lg = build(registries, "plots", every=2, per_epoch=False, dpi=40)
+    host = PluginHost()
+    host.register_listener(lg)
+    host.hook.clapkit_epoch_end(run=run, task=0, stage="a b", epoch=0, metrics=epoch_metrics(0))
+    assert not (run.out_dir / "plots").exists()
+    host.hook.clapkit_epoch_end(run=run, task=0, stage="a b", epoch=1, metrics=epoch_metrics(1))
+    assert [p.name for p in (run.out_dir / "plots").iterdir()] == ["confusion_latest.png"]
+    other = make_run(tmp_path / "r1", rank=1)
+    drive(build(registries, "plots"), other)
+    assert not other.out_dir.exists()
