@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import attrs
 import torch
-import torch.nn.functional as F
 
 from clapkit import hookimpl
+from clapkit.geometry import cosine_logits  # re-exported: the maths lives in the core
 from clapkit.interfaces import BuildContext, Head, HeadOutput
+
+__all__ = ["CosineHead", "CosineHeadConfig", "build", "cosine_logits"]
 
 
 @attrs.frozen
@@ -16,16 +18,6 @@ class CosineHeadConfig:
 
     temperature: float = attrs.field(default=0.0, validator=attrs.validators.ge(0))
     learn_scale: bool = False
-
-
-def cosine_logits(z: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-    """cos(z_b, t_c) for text ``[C,D]`` -> ``[B,C]``, ``[B,C,D]`` -> ``[B,C]``,
-    ``[S,B,C,D]`` -> ``[S,B,C]``."""
-    z = F.normalize(z, dim=-1)
-    text = F.normalize(text, dim=-1)
-    if text.dim() == 2:
-        return z @ text.t()
-    return torch.einsum("bd,...bcd->...bc", z, text)
 
 
 class CosineHead(Head):

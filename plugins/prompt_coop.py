@@ -1,0 +1,153 @@
+"""`coop` prompt: learnable context vectors in the text tower's input (CoOp, Zhou et al. 2022;
+the learnable "soft" view t_soft of the enhanced CLIP-CAER, seed 002 section 4).
+
+The prompt of class c is ``[SOT] ctx_1..ctx_n name_c . [EOT]`` (``position = "end"``), or
+``[SOT] name_c ctx . [EOT]`` (``front``), or ``[SOT] ctx_1..ctx_n/2 name_c ctx_n/2+1.. . [EOT]``
+(``middle``). The context is shared by all classes or one per class (``class_specific``), and
+starts from the token embeddings of a phrase (``init``) or from N(0, 0.02^2).
+
+Only the context is a parameter of this module. The backbone is held by reference outside the
+module tree (so its weights are neither registered twice nor unfrozen by a ``prompts.*`` stage
+glob); gradients still flow through its frozen text tower to the context. Every layout keeps
+the total length, so the EOT position -- where the tower pools -- is the one in the tokens of
+the placeholder prompt, and the arrangement is a single precomputed gather (no loop over
+classes in ``forward``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import attrs
+import torch
+from torch import nn
+
+from clapkit import hookimpl
+from clapkit.errors import ClapkitError
+from clapkit.interfaces import Backbone, BuildContext, Prompt, PromptOutput
+
+PLACEHOLDER = "X"
+
+
+@attrs.frozen
+class CoOpConfig:
+    """``n_ctx``: context vectors (default: the tokens of ``init``, else 16); ``init``: a
+    phrase whose token embeddings start the context ("" = random, N(0, ``init_std``^2));
+    ``class_specific``: one context per class (CSC); ``position``: where the class name sits;
+    ``names``: text used for a class name (``{raw_name = "text"}``)."""
+
+    n_ctx: int | None = attrs.field(default=None, validator=attrs.validators.optional(
+        attrs.validators.gt(0)))
+    init: str = ""
+    class_specific: bool = False
+    position: Literal["end", "middle", "front"] = attrs.field(
+        default="end", validator=attrs.validators.in_(("end", "middle", "front")))
+    init_std: float = attrs.field(default=0.02, validator=attrs.validators.gt(0))
+    names: dict[str, str] = attrs.field(factory=dict)
+
+
+def layout_index(eot: torch.Tensor, n_ctx: int, length: int, position: str) -> torch.Tensor:
+    """``[C,L]`` source positions for the prompt layout.
+
+    The source of class c is ``cat(embedded_placeholder_prompt [L], ctx [n])``: position p < L
+    is that token of ``[SOT] X*n name . [EOT] pad``, position L + j is context vector j. The
+    name of class c has ``k_c = eot_c - n - 2`` tokens.
+    """
+    c = eot.shape[0]
+    p = torch.arange(length).expand(c, length)
+    k = (eot - n_ctx - 2).unsqueeze(1)
+    ctx0 = length                                      # source position of context vector 0
+    src = p.clone()                                    # SOT, ".", EOT, padding stay put
+    if position == "end":
+        src = torch.where((p >= 1) & (p <= n_ctx), ctx0 + p - 1, src)
+    elif position == "front":
+        name = (p >= 1) & (p <= k)
+        ctx = (p > k) & (p <= k + n_ctx)
+        src = torch.where(name, n_ctx + p, src)
+        src = torch.where(ctx, ctx0 + p - k - 1, src)
+    else:  # middle
+        h = n_ctx // 2
+        first = (p >= 1) & (p <= h)
+        name = (p > h) & (p <= h + k)
+        second = (p > h + k) & (p <= n_ctx + k)
+        src = torch.where(first, ctx0 + p - 1, src)
+        src = torch.where(name, n_ctx + 1 + p - h - 1, src)
+        src = torch.where(second, ctx0 + p - k - 1, src)
+    return src
+
+
+class CoOpPrompt(Prompt):
+    """Text features ``[C,D]`` of learnable-context prompts."""
+
+    def __init__(self, backbone: Backbone, class_texts: Sequence[str], cfg: CoOpConfig) -> None:
+        super().__init__()
+        self._backbone = (backbone,)      # a reference, not a submodule (see module doc)
+        init_vectors = None
+        n_ctx = cfg.n_ctx
+        with torch.no_grad():
+            if cfg.init.strip():
+                init_tok = backbone.tokenize([cfg.init.strip()])
+                n_init = int(init_tok[0].argmax()) - 1
+                if n_ctx is not None and n_ctx != n_init:
+                    raise ClapkitError(f"n_ctx = {n_ctx} but init {cfg.init!r} has {n_init} "
+                                       f"tokens; set n_ctx = {n_init} or init = \"\"")
+                n_ctx = n_init
+                init_vectors = backbone.token_embedding(init_tok)[0, 1:1 + n_ctx].float().cpu()
+            n_ctx = n_ctx or 16
+            prefix = " ".join([PLACEHOLDER] * n_ctx)
+            tokens = backbone.tokenize([f"{prefix} {t}." for t in class_texts]).cpu()
+            embedded = backbone.token_embedding(tokens).float().cpu()
+        eot = tokens.argmax(dim=-1)
+        short = (eot - n_ctx - 2) < 1
+        if short.any():
+            bad = class_texts[int(short.nonzero()[0])]
+            raise ClapkitError(f"class name {bad!r} does not fit in the text context with "
+                               f"n_ctx = {n_ctx} (the tokenizer truncated the prompt)")
+        width = embedded.shape[-1]
+        shape = (len(class_texts), n_ctx, width) if cfg.class_specific else (n_ctx, width)
+        if init_vectors is not None:
+            ctx = init_vectors.expand(shape).clone()
+        else:
+            ctx = torch.randn(shape) * cfg.init_std
+        self.n_ctx, self.class_specific, self.position = n_ctx, cfg.class_specific, cfg.position
+        self.ctx = nn.Parameter(ctx)
+        self.register_buffer("tokens", tokens, persistent=False)
+        self.register_buffer("embedded", embedded, persistent=False)
+        self.register_buffer("index", layout_index(eot, n_ctx, tokens.shape[1], cfg.position),
+                             persistent=False)
+
+    @property
+    def backbone(self) -> Backbone:
+        return self._backbone[0]
+
+    def prompt_embeddings(self) -> torch.Tensor:
+        """``[C,L,W]`` token embeddings with the context in place."""
+        c, _, w = self.embedded.shape
+        ctx = self.ctx if self.class_specific else self.ctx.unsqueeze(0).expand(c, -1, -1)
+        source = torch.cat([self.embedded.to(ctx.dtype), ctx], dim=1)
+        return source.gather(1, self.index.unsqueeze(-1).expand(-1, -1, w))
+
+    def forward(self, image_features: torch.Tensor | None = None) -> PromptOutput:
+        text = self.backbone.encode_text_embedded(self.prompt_embeddings(), self.tokens)
+        return PromptOutput(text=text)
+
+
+def build(cfg: CoOpConfig, ctx: BuildContext) -> CoOpPrompt:
+    """Learnable context vectors (CoOp): shared or class-specific, end/middle/front."""
+    if ctx.backbone is None:
+        raise ClapkitError("the coop prompt needs the backbone to be built first")
+    if not ctx.class_names:
+        raise ClapkitError("the coop prompt needs the class names of the dataset")
+    unknown = sorted(set(cfg.names) - set(ctx.class_names))
+    if unknown:
+        raise ClapkitError(f"names: '{unknown[0]}' is not a class of this dataset "
+                           f"(classes: {', '.join(ctx.class_names)})")
+    texts = [cfg.names.get(c, c.replace("_", " ")) for c in ctx.class_names]
+    return CoOpPrompt(ctx.backbone, texts, cfg)
+
+
+@hookimpl
+def clapkit_register(registrar):
+    registrar.add("prompt", "coop", build, config=CoOpConfig,
+                  test_options=lambda ctx: {"n_ctx": 4})
