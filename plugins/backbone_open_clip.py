@@ -1,0 +1,351 @@
+"""`open_clip` backbone: any open_clip model name with a pretrained tag, a local checkpoint or
+random init, plus the tower access that prompt styles working inside the encoders need.
+
+The repository ships one tiny model config, ``clapkit-tiny`` (``clapkit-tiny.json`` beside this
+module), registered with open_clip at import, so tests and demos build a real CLIP model with
+no download.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+import open_clip
+import torch
+from torch import nn
+
+from clapkit import hookimpl
+from clapkit.errors import ClapkitError
+from clapkit.interfaces import Backbone, BuildContext
+
+TINY_MODEL = "clapkit-tiny"
+TINY_CONFIG = Path(__file__).with_name(f"{TINY_MODEL}.json")
+
+if TINY_MODEL not in open_clip.list_models():
+    open_clip.add_model_config(TINY_CONFIG)
+
+_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
+
+
+@attrs.frozen
+class OpenClipConfig:
+    """Recipe options of the ``open_clip`` backbone.
+
+    ``pretrained``: an open_clip tag (``openai``, ``laion2b_s34b_b79k``, ...), a local checkpoint
+    path (state dict saved by open_clip or torch), or ``""`` for random init drawn from ``seed``
+    (deterministic, so a random model has a stable fingerprint and its cache is reused).
+    """
+
+    model: str = attrs.field(default="ViT-B-32")
+    pretrained: str = ""
+    precision: Literal["fp32", "fp16", "bf16"] = attrs.field(
+        default="fp32", validator=attrs.validators.in_(("fp32", "fp16", "bf16")))
+    cache_dir: str | None = None
+    seed: int = 0
+
+    @model.validator
+    def _check_model(self, attribute: Any, value: str) -> None:
+        if not isinstance(value, str) or not value:
+            raise ValueError("model must be a non-empty open_clip model name")
+
+
+@contextlib.contextmanager
+def _quiet_random_init() -> Iterator[None]:
+    """Drop open_clip's 'initialized randomly' warning: random init is asked for here."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+    root = logging.getLogger()
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def state_dict_sha256(module: nn.Module) -> str:
+    """Hash of every tensor of ``module`` (names, shapes, dtypes, bytes)."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _name(cfg: OpenClipConfig) -> str:
+    """open_clip's spelling of a model name (``ViT-B/32`` -> ``ViT-B-32``)."""
+    return cfg.model.replace("/", "-")
+
+
+def _resolve_weights(cfg: OpenClipConfig) -> tuple[str, str | None]:
+    """``(kind, value)`` with kind ``random``, ``tag`` or ``file``; errors name what is wrong."""
+    known = open_clip.list_models()
+    if _name(cfg) not in known:
+        close = difflib.get_close_matches(cfg.model, known, n=5, cutoff=0.5)
+        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise ClapkitError(f"unknown open_clip model '{cfg.model}'{hint} "
+                           f"(see open_clip.list_models(); the repository ships '{TINY_MODEL}')")
+    p = cfg.pretrained.strip()
+    if p.lower() in ("", "none", "random"):
+        return "random", None
+    tags = open_clip.list_pretrained_tags_by_model(_name(cfg))
+    if p in tags:
+        return "tag", p
+    path = Path(p).expanduser()
+    if path.is_file():
+        return "file", str(path.resolve())
+    looks_like_path = os.sep in p or "/" in p or p.endswith(_CHECKPOINT_SUFFIXES)
+    if looks_like_path:
+        raise ClapkitError(f"pretrained checkpoint file not found: {path}")
+    raise ClapkitError(f"pretrained '{p}' is neither a tag of open_clip model '{cfg.model}' "
+                       f"nor an existing file (tags: {', '.join(tags) or 'none'})")
+
+
+class OpenClipBackbone(Backbone):
+    """A frozen open_clip CLIP model behind the clapkit Backbone contract."""
+
+    def __init__(self, cfg: OpenClipConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        kind, value = _resolve_weights(cfg)
+        self._weights_kind, self._weights_value = kind, value
+        with torch.random.fork_rng(devices=[]), _quiet_random_init():
+            torch.manual_seed(cfg.seed)
+            try:
+                model, train_tf, eval_tf = open_clip.create_model_and_transforms(
+                    _name(cfg), pretrained=value, precision=cfg.precision,
+                    cache_dir=cfg.cache_dir)
+            except (RuntimeError, OSError, ValueError, KeyError) as exc:
+                what = f"checkpoint {value}" if kind == "file" else f"pretrained '{value}'"
+                raise ClapkitError(f"open_clip could not build '{cfg.model}' with {what}: "
+                                   f"{type(exc).__name__}: {exc}") from exc
+        self.model = model
+        self._train_tf, self._eval_tf = train_tf, eval_tf
+        self._tokenizer = open_clip.get_tokenizer(_name(cfg))
+        self.model.requires_grad_(False)
+        self.model.eval()
+        vis = self.model.visual
+        self.embed_dim = int(getattr(vis, "output_dim", 0) or self._probe_embed_dim())
+        size = getattr(vis, "image_size", None) or vis.preprocess_cfg["size"]
+        self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
+        self._input_dtype = open_clip.get_input_dtype(cfg.precision)
+        self._fingerprint: str | None = None
+        # the file's content as loaded now, so a later overwrite of the path cannot alias it
+        self._file_sha = _file_sha256(Path(value)) if kind == "file" and value else None
+        self._sha_before_load: str | None = None
+        self.register_load_state_dict_pre_hook(_before_load)
+        self.register_load_state_dict_post_hook(_after_load)
+
+    # -- basics --------------------------------------------------------------------------
+
+    def _probe_embed_dim(self) -> int:
+        with torch.no_grad():
+            return int(self.model.encode_text(self.tokenize(["a"])).shape[-1])
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def _images_in(self, images: torch.Tensor) -> torch.Tensor:
+        return images.to(self.device, dtype=self._input_dtype or self.dtype)
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(self._images_in(images)).float()
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_text(tokens.to(self.device)).float()
+
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        return self._tokenizer(list(texts))
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        return self.model.logit_scale.exp().float().reshape(())
+
+    def transform(self, train: bool) -> Callable[[Any], torch.Tensor]:
+        return self._train_tf if train else self._eval_tf
+
+    def preprocess_config(self) -> dict[str, Any]:
+        return dict(self.model.visual.preprocess_cfg)
+
+    def fingerprint(self) -> str:
+        """sha256 of model config + weights identity + preprocessing + precision.
+
+        Weights identity: the tag, the checkpoint file's content hash, or for random init the
+        seed and a hash of the state dict (so two different random models never collide).
+        """
+        if self._fingerprint is None:
+            if self._weights_kind == "state":
+                weights = f"state-sha256:{self._weights_value}"
+            elif self._weights_kind == "tag":
+                weights = f"tag:{self._weights_value}"
+            elif self._weights_kind == "file":
+                weights = f"file-sha256:{self._file_sha}"
+            else:
+                weights = f"random:seed={self.cfg.seed}:{state_dict_sha256(self.model)}"
+            doc = {"model": _name(self.cfg),
+                   "model_cfg": open_clip.get_model_config(_name(self.cfg)),
+                   "weights": weights, "precision": self.cfg.precision,
+                   "preprocess": self.preprocess_config()}
+            blob = json.dumps(doc, sort_keys=True, default=str).encode()
+            self._fingerprint = hashlib.sha256(blob).hexdigest()[:24]
+        return self._fingerprint
+
+    def describe(self) -> str:
+        w = self._weights_value if self._weights_kind != "random" else f"random(seed={self.cfg.seed})"
+        return f"open_clip {self.cfg.model} [{w}, {self.cfg.precision}]"
+
+    # -- tower access for prompt styles -----------------------------------------------------
+
+    def _text_tower(self) -> Any:
+        """The module holding the text tower attributes (``CLIP`` itself or ``model.text``)."""
+        m = self.model
+        tower = m if hasattr(m, "token_embedding") else getattr(m, "text", None)
+        if tower is None or not hasattr(tower, "token_embedding") \
+                or not hasattr(tower, "transformer"):
+            raise ClapkitError(f"open_clip model '{self.cfg.model}' has no open_clip text "
+                               "transformer (HF text towers are not supported by prompt styles)")
+        if getattr(tower, "cls_emb", None) is not None:
+            raise ClapkitError(f"open_clip model '{self.cfg.model}': text towers with a CLS "
+                               "embedding (CoCa) are not supported by prompt styles")
+        return tower
+
+    def _vision_tower(self) -> Any:
+        vis = self.model.visual
+        needed = ("conv1", "class_embedding", "positional_embedding", "ln_pre", "transformer")
+        if not all(hasattr(vis, a) for a in needed):
+            raise ClapkitError(f"open_clip model '{self.cfg.model}': vision prompts need an "
+                               f"open_clip VisionTransformer, got {type(vis).__name__}")
+        return vis
+
+    @property
+    def text_width(self) -> int:
+        return int(self._text_tower().token_embedding.weight.shape[1])
+
+    @property
+    def vision_width(self) -> int:
+        return int(self._vision_tower().class_embedding.shape[-1])
+
+    @property
+    def text_layers(self) -> int:
+        return len(self._text_tower().transformer.resblocks)
+
+    @property
+    def vision_layers(self) -> int:
+        return len(self._vision_tower().transformer.resblocks)
+
+    def token_embedding(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self._text_tower().token_embedding(tokens.to(self.device))
+
+    def encode_text_embedded(self, embeddings: torch.Tensor, tokens: torch.Tensor,
+                             deep_prompts: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        """Text tower from ``[C,L,W]`` embeddings; ``deep_prompts[j]`` (``[n,W]`` or
+        ``[C,n,W]``) replaces positions ``1..n`` before block ``j+1`` (MaPLe)."""
+        t = self._text_tower()
+        tokens = tokens.to(self.device)
+        cast = t.transformer.get_cast_dtype()
+        seq = embeddings.shape[1]
+        x = embeddings.to(cast) + t.positional_embedding[:seq].to(cast)
+        mask = t.attn_mask
+        if mask is not None:
+            mask = mask[:seq, :seq]
+        if getattr(t, "use_pad_mask", False):
+            pad = t._build_additive_mask(tokens, seq, x.dtype)
+            mask = pad if mask is None else mask.unsqueeze(0) + pad
+        deep = list(deep_prompts or [])
+        for j, block in enumerate(t.transformer.resblocks):
+            if 0 < j <= len(deep):
+                p = deep[j - 1].to(x.dtype)
+                p = p.expand(x.shape[0], -1, -1) if p.dim() == 2 else p
+                x = torch.cat([x[:, :1], p, x[:, 1 + p.shape[1]:]], dim=1)
+            x = block(x, attn_mask=mask)
+        x = t.ln_final(x)
+        pool = getattr(t, "text_pool_type", None) or getattr(t, "pool_type", "argmax")
+        eos = getattr(t, "text_eos_id", None) or getattr(t, "eos_id", None)
+        x = open_clip.transformer.text_global_pool(x, tokens, pool, eos_token_id=eos)
+        proj = t.text_projection
+        if proj is not None:
+            x = proj(x) if isinstance(proj, nn.Linear) else x @ proj
+        return x.float()
+
+    def encode_image_prompted(self, images: torch.Tensor,
+                              deep_prompts: Sequence[torch.Tensor] | None) -> torch.Tensor:
+        """Vision tower with prompt tokens: ``deep_prompts[0]`` (``[n,Wv]`` or ``[B,n,Wv]``) is
+        appended after the positional embedding, ``deep_prompts[j]`` replaces those n tokens
+        before block j; they are dropped before pooling (MaPLe)."""
+        v = self._vision_tower()
+        x = self._images_in(images)
+        x = v.conv1(x).flatten(2).transpose(1, 2)                       # [B, grid^2, Wv]
+        cls = v.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], -1, -1)
+        x = torch.cat([cls, x], dim=1) + v.positional_embedding.to(x.dtype)
+        x = v.patch_dropout(x)
+        deep = list(deep_prompts or [])
+        n = 0
+
+        def batch_prompt(p: torch.Tensor) -> torch.Tensor:
+            p = p.to(x.dtype)
+            return p.expand(x.shape[0], -1, -1) if p.dim() == 2 else p
+
+        if deep:
+            first = batch_prompt(deep[0])
+            n = first.shape[1]
+            x = torch.cat([x, first], dim=1)
+        x = v.ln_pre(x)
+        for j, block in enumerate(v.transformer.resblocks):
+            if 0 < j < len(deep):
+                x = torch.cat([x[:, :x.shape[1] - n], batch_prompt(deep[j])], dim=1)
+            x = block(x)
+        if n:
+            x = x[:, :x.shape[1] - n]
+        pooled, _ = v._pool(x)
+        if v.proj is not None:
+            pooled = pooled @ v.proj
+        return pooled.float()
+
+
+def _before_load(module: OpenClipBackbone, *args: Any) -> None:
+    module._sha_before_load = state_dict_sha256(module.model)
+
+
+def _after_load(module: OpenClipBackbone, incompatible: Any) -> None:
+    """Weights loaded over the built ones (a checkpoint resume, a user's state dict) change
+    the fingerprint only when they differ, so a resumed frozen backbone keeps its cache."""
+    after = state_dict_sha256(module.model)
+    if after != module._sha_before_load:
+        module._weights_kind, module._weights_value = "state", after
+        module._fingerprint = None
+    module._sha_before_load = None
+
+
+def build(cfg: OpenClipConfig, ctx: BuildContext) -> OpenClipBackbone:
+    """open_clip CLIP model (any model name; pretrained tag, local checkpoint or random init)."""
+    return OpenClipBackbone(cfg)
+
+
+@hookimpl
+def clapkit_register(registrar: Any) -> None:
+    registrar.add("backbone", "open_clip", build, config=OpenClipConfig,
+                  test_options=lambda ctx: {"model": TINY_MODEL})
