@@ -1,0 +1,88 @@
+"""`caer_s` dataset: CAER-S still images (the static subset of CAER) in list layout.
+
+Layout (as shared with the enhanced CLIP-CAER scripts)::
+
+    <root>/train/Angry/1769.png ...
+    CAER-S/annotations/train.txt            "train/Angry/1769.png 0" (0-based labels)
+    CAER-S/annotations/validation.txt, test.txt
+    CAER-S/annotations/caer_s_faces.json    {"train/Angry/1769.png": [x1, y1, x2, y2]}
+
+A still is a one-frame clip: with ``two_stream = true`` (default) it yields ``face`` and
+``context`` like the video sets, so the same pipeline serves both; ``two_stream = false``
+gives a single ``image`` stream holding the face crop.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import attrs
+
+from clapkit import hookimpl
+from clapkit.data.demo_layouts import as_caer_s
+from clapkit.data.layout import clip_path, dataset_root, optional_file, read_list, split_files
+from clapkit.data.sources import ClipConfig, ClipItem, ClipSource, check_split
+from clapkit.interfaces import BuildContext
+
+CLASSES = ["Angry", "Disgust", "Fear", "Happy", "Neutral", "Sad", "Surprise"]
+OBTAIN = ("https://caer-dataset.github.io (CAER-S, Lee et al., 'Context-Aware Emotion "
+          "Recognition Networks', ICCV 2019)")
+
+
+def _default_annotations() -> dict[str, str]:
+    return {"train": "CAER-S/annotations/train.txt",
+            "valid": "CAER-S/annotations/validation.txt",
+            "test": "CAER-S/annotations/test.txt"}
+
+
+@attrs.frozen(kw_only=True)
+class CaerSConfig(ClipConfig):
+    """``root``: the CAER-S folder (holds train/, test/); ``annotations``: split -> list of
+    ``<image> <label>`` lines; ``face_boxes``: boxes keyed by the image's relative path."""
+
+    root: str
+    num_frames: int = attrs.field(default=1, validator=attrs.validators.in_((1,)))
+    annotations: dict[str, str] = attrs.field(factory=_default_annotations)
+    face_boxes: str | None = "CAER-S/annotations/caer_s_faces.json"
+    body_boxes: str | None = None
+    label_base: int = attrs.field(default=0, validator=attrs.validators.in_((0, 1)))
+    two_stream: bool = True
+
+
+class CaerSSource(ClipSource):
+    """CAER-S images: one-frame clips with a face box each."""
+
+    name = "caer_s"
+
+    def __init__(self, cfg: CaerSConfig, root: Path, lists: dict[str, Path]) -> None:
+        super().__init__(CLASSES, cfg.crop_options(), optional_file(root, cfg.face_boxes),
+                         optional_file(root, cfg.body_boxes),
+                         face_file_given=cfg.face_boxes is not None)
+        self.root, self.lists, self.label_base = root, lists, cfg.label_base
+        self.streams = ("face", "context") if cfg.two_stream else ("image",)
+
+    def splits(self) -> list[str]:
+        return list(self.lists)
+
+    def scan(self, split: str) -> list[ClipItem]:
+        check_split(self, split)
+        entries = read_list(self.lists[split], with_frames=False, label_base=self.label_base,
+                            num_classes=len(self.classes))
+        return [ClipItem(id=Path(e.path).with_suffix("").as_posix(), label=e.label,
+                         path=clip_path(self.root, e.path), num_frames=1, box_key=e.path)
+                for e in entries]
+
+
+def build(cfg: CaerSConfig, ctx: BuildContext) -> CaerSSource:
+    """CAER-S still images (face + context, or one face stream) from annotation lists."""
+    root = dataset_root(cfg.root, "CAER-S", OBTAIN)
+    return CaerSSource(cfg, root, split_files(root, "CAER-S", cfg.annotations))
+
+
+def test_options(ctx: BuildContext) -> dict:
+    return {"root": str(as_caer_s(Path(ctx.work_dir)))}
+
+
+@hookimpl
+def clapkit_register(registrar):
+    registrar.add("dataset", "caer_s", build, config=CaerSConfig, test_options=test_options)
