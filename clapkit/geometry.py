@@ -47,3 +47,32 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: float | torch.Tensor) -> torch.Te
     spherical = wa * a + wb * b
     linear = F.normalize((1.0 - t) * a + t * b, dim=-1)
     return torch.where(degenerate, linear, spherical)
+
+
+class LogitScale(torch.nn.Module):
+    """The multiplier of cosine logits, stored as a log (a Parameter when learned).
+
+    ``temperature > 0`` gives ``1/temperature``; 0 takes the backbone's CLIP logit scale (or
+    100, CLIP's trained value, when no backbone is known).
+    """
+
+    def __init__(self, temperature: float, backbone_scale: float | None,
+                 learn: bool = False) -> None:
+        super().__init__()
+        scale = (1.0 / temperature if temperature > 0
+                 else backbone_scale if backbone_scale is not None else 100.0)
+        log_scale = torch.tensor(float(scale)).log()
+        if learn:
+            self.log_scale = torch.nn.Parameter(log_scale)
+        else:
+            self.register_buffer("log_scale", log_scale)
+
+    @classmethod
+    def from_context(cls, temperature: float, ctx: object, learn: bool = False) -> LogitScale:
+        """Scale for a head built in ``ctx`` (a BuildContext): its backbone's when 0."""
+        backbone = getattr(ctx, "backbone", None)
+        bb_scale = float(backbone.logit_scale.detach()) if backbone is not None else None
+        return cls(temperature, bb_scale, learn)
+
+    def forward(self) -> torch.Tensor:
+        return self.log_scale.exp()

@@ -164,6 +164,13 @@ class HeadOutput:
     logits: torch.Tensor                          # [B,C]
     sample_logits: torch.Tensor | None = None     # [S,B,C] when text came as samples
 
+    @classmethod
+    def from_logits(cls, logits: torch.Tensor) -> HeadOutput:
+        """``[B,C]`` as is; ``[S,B,C]`` Monte-Carlo logits averaged over samples."""
+        if logits.dim() == 3:
+            return cls(logits=logits.mean(0), sample_logits=logits)
+        return cls(logits=logits)
+
 
 class Head(nn.Module):
     """Logits from ``z [B,D]`` and the text view (``[C,D]``, ``[B,C,D]`` or ``[S,B,C,D]``).

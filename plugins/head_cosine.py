@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import attrs
-import torch
 
 from clapkit import hookimpl
-from clapkit.geometry import cosine_logits  # re-exported: the maths lives in the core
+from clapkit.geometry import LogitScale, cosine_logits  # re-exported: maths in the core
 from clapkit.interfaces import BuildContext, Head, HeadOutput
 
 __all__ = ["CosineHead", "CosineHeadConfig", "build", "cosine_logits"]
@@ -23,30 +22,17 @@ class CosineHeadConfig:
 class CosineHead(Head):
     """Cosine similarity / temperature; Monte-Carlo samples are averaged in logit space."""
 
-    def __init__(self, scale: float, learn_scale: bool) -> None:
+    def __init__(self, scale: LogitScale) -> None:
         super().__init__()
-        log_scale = torch.tensor(float(scale)).log()
-        if learn_scale:
-            self.log_scale = torch.nn.Parameter(log_scale)
-        else:
-            self.register_buffer("log_scale", log_scale)
+        self.scale = scale
 
     def forward(self, z, text, views=None) -> HeadOutput:
-        logits = cosine_logits(z, text) * self.log_scale.exp()
-        if text.dim() == 4:
-            return HeadOutput(logits=logits.mean(0), sample_logits=logits)
-        return HeadOutput(logits=logits)
+        return HeadOutput.from_logits(cosine_logits(z, text) * self.scale())
 
 
 def build(cfg: CosineHeadConfig, ctx: BuildContext) -> CosineHead:
     """Scaled cosine-similarity classifier head."""
-    if cfg.temperature > 0:
-        scale = 1.0 / cfg.temperature
-    elif ctx.backbone is not None:
-        scale = float(ctx.backbone.logit_scale.detach())
-    else:
-        scale = 100.0
-    return CosineHead(scale, cfg.learn_scale)
+    return CosineHead(LogitScale.from_context(cfg.temperature, ctx, cfg.learn_scale))
 
 
 @hookimpl

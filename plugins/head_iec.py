@@ -22,7 +22,7 @@ import torch
 
 from clapkit import hookimpl
 from clapkit.errors import ClapkitError
-from clapkit.geometry import cosine_logits, slerp
+from clapkit.geometry import LogitScale, cosine_logits, slerp
 from clapkit.interfaces import BuildContext, Head, HeadOutput
 
 _unit = [attrs.validators.ge(0.0), attrs.validators.le(1.0)]
@@ -57,16 +57,12 @@ def instance_enhanced(anchor: torch.Tensor, z: torch.Tensor, lam: float) -> torc
 class IECHead(Head):
     """cos(z, slerp(t_desc, z, lambda)) / temperature."""
 
-    def __init__(self, scale: float, cfg: IECHeadConfig) -> None:
+    def __init__(self, scale: LogitScale, cfg: IECHeadConfig) -> None:
         super().__init__()
         self.lambda_slerp = float(cfg.lambda_slerp)
         self.desc_view = cfg.desc_view
         self.text_weight = float(cfg.text_weight)
-        log_scale = torch.tensor(float(scale)).log()   # same arithmetic as the cosine head
-        if cfg.learn_scale:
-            self.log_scale = torch.nn.Parameter(log_scale)
-        else:
-            self.register_buffer("log_scale", log_scale)
+        self.scale = scale   # the cosine head's scale, so lambda 0 reduces to it exactly
 
     def _anchor(self, text: torch.Tensor, views: dict[str, torch.Tensor] | None) -> torch.Tensor:
         if not self.desc_view:
@@ -77,26 +73,18 @@ class IECHead(Head):
         return views[self.desc_view]
 
     def forward(self, z, text, views=None) -> HeadOutput:
-        scale = self.log_scale.exp()
+        scale = self.scale()
         mixed = instance_enhanced(self._anchor(text, views), z, self.lambda_slerp)
         logits = cosine_logits(z, mixed) * scale
         if self.text_weight > 0.0:
             logits = ((1.0 - self.text_weight) * logits
                       + self.text_weight * (cosine_logits(z, text) * scale))
-        if logits.dim() == 3:
-            return HeadOutput(logits=logits.mean(0), sample_logits=logits)
-        return HeadOutput(logits=logits)
+        return HeadOutput.from_logits(logits)
 
 
 def build(cfg: IECHeadConfig, ctx: BuildContext) -> IECHead:
     """Instance-Enhanced Classifier: cosine to slerp(t_desc, z, lambda) prototypes."""
-    if cfg.temperature > 0:
-        scale = 1.0 / cfg.temperature
-    elif ctx.backbone is not None:
-        scale = float(ctx.backbone.logit_scale.detach())
-    else:
-        scale = 100.0
-    return IECHead(scale, cfg)
+    return IECHead(LogitScale.from_context(cfg.temperature, ctx, cfg.learn_scale), cfg)
 
 
 @hookimpl

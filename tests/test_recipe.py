@@ -65,7 +65,7 @@ def read_and_validate(path, host):
     ("[run]\nseed = 1.5", "expected an integer"),
     ("[run]\nuse_amp = 1", "expected true or false"),
     ("[run]\ngrad_clip = -1.0", "invalid value"),
-    ("[run]\namp_dtype = 'int8'", "allowed: bfloat16, float16"),
+    ("[run]\namp_dtype = 'int8'", "allowed: auto, bfloat16, float16"),
     ("[data]\nplugin = 'fake_data'\nmode = 'c'", "allowed: a, b"),
 ])
 def test_bad_values_are_errors(tmp_path, fake_host, minimal_recipe, text, problem):
