@@ -8,6 +8,7 @@ untouched.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -21,10 +22,11 @@ FIXTURE = Path(__file__).parent / "fixtures" / "thirdparty"
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Path:
     target = tmp_path_factory.mktemp("thirdparty-site")
-    build = tmp_path_factory.mktemp("thirdparty-src")
+    src = tmp_path_factory.mktemp("thirdparty-src") / "pkg"
+    shutil.copytree(FIXTURE, src)   # setuptools builds in the source tree: keep the repo clean
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index",
-                    "--no-build-isolation", "--target", str(target), str(FIXTURE)],
-                   check=True, cwd=build, capture_output=True)
+                    "--no-build-isolation", "--target", str(target), str(src)],
+                   check=True, capture_output=True)
     assert list(target.glob("clapkit_thirdparty_demo-*.dist-info"))
     return target
 
