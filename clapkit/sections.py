@@ -33,6 +33,9 @@ class DataKeys:
     valid_split: str | None = "valid"   # the split that selects the best model
     test_split: str | None = None
     weighted_sampler: bool = False      # WeightedRandomSampler by inverse class frequency
+    # training reads random frames per segment through the train transform; false = the
+    # eval pipeline (segment centres, centre crop) for training too
+    augment: bool = True
 
 
 @attrs.frozen
@@ -80,7 +83,7 @@ class RunConfig:
     device: str = "auto"                       # auto | cpu | cuda | cuda:N
     out_dir: str = "runs/{name}"
     use_amp: bool = False
-    amp_dtype: Literal["float16", "bfloat16"] = "bfloat16"
+    amp_dtype: Literal["auto", "float16", "bfloat16"] = "auto"  # auto: bf16 CPU, fp16 CUDA
     grad_clip: float = attrs.field(default=0.0, validator=_non_negative)   # 0 = off
     mixup_alpha: float = attrs.field(default=0.0, validator=_non_negative)  # 0 = off
     num_samples: int = attrs.field(default=1, validator=_positive)  # MC samples (forward_times)
@@ -126,5 +129,8 @@ class CacheConfig:
 
     enabled: Literal["auto", "on", "off"] = "auto"
     dir: str = ".clapkit_cache"
-    views: int = attrs.field(default=1, validator=_positive)  # augmented views per train item
+    # augmented views per train item; 1 = train on the eval-transform features (one cache
+    # per split), K > 1 = K train-mode views (random frames + train transform), epoch e
+    # reads view e % K
+    views: int = attrs.field(default=1, validator=_positive)
     batch_size: int = attrs.field(default=64, validator=_positive)

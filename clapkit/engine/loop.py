@@ -1,0 +1,264 @@
+"""Train and evaluation epochs: AMP, gradient clipping, mixup, logit restriction, metrics.
+
+The loop is model-agnostic: it moves a batch to the device, remaps dataset labels to class
+order positions, optionally mixes it, runs the (possibly DDP-wrapped) pipeline and its losses,
+and accumulates a confusion matrix and the loss terms (all reduced over ranks).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import attrs
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from ..errors import ClapkitError
+from ..metrics import ClassificationMeter
+from .distributed import DistInfo, all_reduce_sum
+
+
+# --- AMP ------------------------------------------------------------------------------------
+
+@attrs.frozen
+class AmpPolicy:
+    """``torch.autocast`` settings: bf16 on CPU; on CUDA fp16 with a GradScaler (or bf16)."""
+
+    enabled: bool = False
+    device_type: str = "cpu"
+    dtype: torch.dtype = torch.bfloat16
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if not self.enabled:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+    @property
+    def needs_scaler(self) -> bool:
+        return self.enabled and self.dtype == torch.float16
+
+
+def amp_policy(use_amp: bool, amp_dtype: str, device: torch.device) -> AmpPolicy:
+    """``amp_dtype = "auto"``: bfloat16 on CPU (CPU autocast's fast path), float16 on CUDA."""
+    if amp_dtype == "auto":
+        dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    else:
+        dtype = getattr(torch, amp_dtype)
+    if device.type == "cpu" and dtype == torch.float16:
+        raise ClapkitError("run.amp_dtype = \"float16\" needs a CUDA device; on CPU use "
+                           "\"bfloat16\" or \"auto\"")
+    return AmpPolicy(enabled=use_amp, device_type=device.type, dtype=dtype)
+
+
+def make_scaler(policy: AmpPolicy) -> torch.amp.GradScaler | None:
+    return torch.amp.GradScaler(policy.device_type) if policy.needs_scaler else None
+
+
+# --- batches --------------------------------------------------------------------------------
+
+def to_device(batch: dict[str, Any], device: torch.device,
+              remap: torch.Tensor) -> dict[str, Any]:
+    """Tensors to ``device`` (nested dicts too); ``label`` becomes the class-order position
+    (``label_raw`` keeps the dataset's label); ``tasks_present`` is left to the caller."""
+    def move(v: Any) -> Any:
+        if isinstance(v, torch.Tensor):
+            return v.to(device, non_blocking=True)
+        if isinstance(v, dict):
+            return {k: move(x) for k, x in v.items()}
+        return v
+
+    out = {k: move(v) for k, v in batch.items()}
+    out["label_raw"] = out["label"]
+    out["label"] = remap.to(device)[out["label"]]
+    return out
+
+
+def mix_batch(batch: dict[str, Any], alpha: float, rng: np.random.Generator,
+              gen: torch.Generator) -> dict[str, Any]:
+    """Mixup (Zhang et al.): ``x = lam*x + (1-lam)*x[perm]`` with ``lam ~ Beta(alpha, alpha)``.
+
+    Mixes cached ``features`` when the batch has them, else the pixel ``streams`` (every
+    stream with the same ``lam`` and permutation). Sets ``label_b`` = ``label[perm]`` and
+    ``mix_lam``; losses combine ``lam*L(label) + (1-lam)*L(label_b)`` (seed 003, section 4).
+    """
+    lam = float(rng.beta(alpha, alpha))
+    n = batch["label"].shape[0]
+    perm = torch.randperm(n, generator=gen).to(batch["label"].device)
+    key = "features" if batch.get("features") is not None else "streams"
+    out = dict(batch)
+    out[key] = {s: lam * x + (1.0 - lam) * x[perm] for s, x in batch[key].items()}
+    out["label_b"] = batch["label"][perm]
+    out["mix_lam"] = lam
+    return out
+
+
+def restrict_logits(outputs: dict[str, Any], seen: int | None) -> dict[str, Any]:
+    """Incremental scenarios: classes not seen yet (positions >= ``seen``) get -inf logits."""
+    if seen is None:
+        return outputs
+    out = dict(outputs)
+    for key in ("logits", "sample_logits"):
+        x = out.get(key)
+        if x is not None and x.shape[-1] > seen:
+            x = x.clone()
+            x[..., seen:] = -math.inf
+            out[key] = x
+    return out
+
+
+def tasks_present(labels: torch.Tensor, task_of_class: torch.Tensor) -> torch.Tensor:
+    return torch.unique(task_of_class.to(labels.device)[labels])
+
+
+# --- epochs ---------------------------------------------------------------------------------
+
+@attrs.define
+class EpochStats:
+    meter: ClassificationMeter
+    terms: dict[str, float] = attrs.field(factory=dict)
+    grad_norm: float = math.nan        # mean total gradient norm before clipping
+    steps: int = 0
+    lrs: list[float] = attrs.field(factory=list)   # per param group, as used by the last step
+    skipped: int = 0                   # batches whose loss reached no trainable parameter
+
+
+@attrs.frozen
+class StepConfig:
+    """What a training epoch needs besides the model and data."""
+
+    device: torch.device
+    remap: torch.Tensor
+    task_of_class: torch.Tensor
+    num_classes: int
+    seen: int | None = None            # restrict logits to classes [0, seen)
+    amp: AmpPolicy = AmpPolicy()
+    grad_clip: float = 0.0
+    mixup_alpha: float = 0.0
+    mix_seed: int = 0
+    progress: bool = False
+    desc: str = ""
+
+
+def _bar(loader: Iterable, cfg: StepConfig, info: DistInfo) -> Any:
+    return tqdm(loader, desc=cfg.desc, leave=False, dynamic_ncols=True,
+                disable=not cfg.progress or not info.is_main)
+
+
+def train_epoch(model: nn.Module, pipeline: nn.Module, loader: Iterable,
+                optimizer: torch.optim.Optimizer, scheduler: Any,
+                scaler: torch.amp.GradScaler | None, epoch: int, cfg: StepConfig,
+                info: DistInfo) -> EpochStats:
+    """One pass over ``loader``; ``model`` is the pipeline or its DDP wrapper, ``epoch`` the
+    0-based epoch of the stage (loss schedules read it). The scheduler steps per batch."""
+    model.train()
+    if not pipeline.image_encoder_trainable():
+        pipeline.backbone.eval()        # a frozen CLIP keeps its eval behaviour
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    meter = ClassificationMeter(cfg.num_classes, cfg.device)
+    rng = np.random.default_rng(cfg.mix_seed)
+    gen = torch.Generator().manual_seed(cfg.mix_seed)
+    term_sums: dict[str, float] = {}
+    norms: list[float] = []
+    count = 0
+    skipped = 0
+    last_lrs = [g["lr"] for g in optimizer.param_groups]
+    bar = _bar(loader, cfg, info)
+    for raw in bar:
+        batch = to_device(raw, cfg.device, cfg.remap)
+        batch["tasks_present"] = tasks_present(batch["label"], cfg.task_of_class)
+        batch["epoch"] = epoch
+        if cfg.mixup_alpha > 0:
+            batch = mix_batch(batch, cfg.mixup_alpha, rng, gen)
+        with cfg.amp.autocast():
+            outputs = restrict_logits(model(batch), cfg.seen)
+            total, terms = pipeline.compute_losses(outputs, batch, epoch)
+        if total.requires_grad:
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(total).backward()
+                scaler.unscale_(optimizer)
+            else:
+                total.backward()
+            max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
+            norms.append(float(nn.utils.clip_grad_norm_(params, max_norm)))
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+        else:
+            # no term that reaches a trainable parameter is on yet (e.g. the only such loss
+            # is still in its warmup): nothing to step; the schedule still advances
+            skipped += 1
+        last_lrs = [g["lr"] for g in optimizer.param_groups]
+        scheduler.step()
+        n = int(batch["label"].shape[0])
+        count += n
+        for k, v in terms.items():
+            term_sums[k] = term_sums.get(k, 0.0) + float(v) * n
+        meter.update(outputs["logits"].float(), batch["label"])
+        if bar.disable is False:
+            acc = float(meter.confusion.diagonal().sum()) / max(1, meter.count)
+            shown = terms["total"] if "total" in terms else float(total.detach())
+            bar.set_postfix(loss=f"{shown:.3f}", acc=f"{acc:.3f}")
+    stats = EpochStats(meter=meter, steps=len(norms) + skipped, lrs=last_lrs, skipped=skipped)
+    keys = sorted(term_sums)
+    vec = torch.tensor([term_sums[k] for k in keys] + [float(count), sum(norms), len(norms)],
+                       dtype=torch.float64, device=cfg.device)
+    all_reduce_sum(vec, info)
+    all_reduce_sum(meter.confusion, info)
+    total_n = max(1.0, float(vec[len(keys)]))
+    stats.terms = {k: float(vec[i]) / total_n for i, k in enumerate(keys)}
+    stats.grad_norm = float(vec[-2] / vec[-1]) if float(vec[-1]) else math.nan
+    return stats
+
+
+@attrs.define
+class Collected:
+    """Per-item outputs gathered by :func:`evaluate` with ``collect=True`` (this rank's)."""
+
+    index: torch.Tensor
+    label: torch.Tensor
+    z: torch.Tensor
+    logits: torch.Tensor
+    sample_logits: torch.Tensor | None = None
+
+
+@torch.no_grad()
+def evaluate(pipeline: nn.Module, loader: Iterable, cfg: StepConfig, info: DistInfo,
+             collect: bool = False) -> tuple[ClassificationMeter, Collected | None]:
+    """Confusion matrix over ``loader`` (summed over ranks); optionally the per-item ``z``,
+    logits and sample logits (for the exemplar selector)."""
+    pipeline.eval()
+    meter = ClassificationMeter(cfg.num_classes, cfg.device)
+    parts: dict[str, list[torch.Tensor]] = {"index": [], "label": [], "z": [], "logits": [],
+                                            "sample_logits": []}
+    for raw in _bar(loader, cfg, info):
+        batch = to_device(raw, cfg.device, cfg.remap)
+        with cfg.amp.autocast():
+            outputs = restrict_logits(pipeline(batch), cfg.seen)
+        logits = outputs["logits"].float()
+        meter.update(logits, batch["label"])
+        if collect:
+            parts["index"].append(batch["index"].cpu())
+            parts["label"].append(batch["label"].cpu())
+            parts["z"].append(outputs["z"].float().cpu())
+            parts["logits"].append(logits.cpu())
+            if outputs.get("sample_logits") is not None:
+                parts["sample_logits"].append(outputs["sample_logits"].float().cpu())
+    all_reduce_sum(meter.confusion, info)
+    if not collect:
+        return meter, None
+    if not parts["index"]:
+        empty = torch.zeros(0, dtype=torch.long)
+        return meter, Collected(index=empty, label=empty, z=torch.zeros(0, 0),
+                                logits=torch.zeros(0, cfg.num_classes))
+    sl = torch.cat(parts["sample_logits"], dim=1) if parts["sample_logits"] else None
+    return meter, Collected(index=torch.cat(parts["index"]), label=torch.cat(parts["label"]),
+                            z=torch.cat(parts["z"]), logits=torch.cat(parts["logits"]),
+                            sample_logits=sl)
