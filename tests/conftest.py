@@ -2,46 +2,17 @@
 
 from __future__ import annotations
 
-import types
-from typing import Literal
-
-import attrs
 import pytest
+from fake_components import fake_plugin
 
-from clapkit import hookimpl
 from clapkit.plugins import PluginHost
-
-
-@attrs.frozen
-class FakeConfig:
-    size: int = attrs.field(default=4, validator=attrs.validators.gt(0))
-    mode: Literal["a", "b"] = "a"
-    scale: float = 1.0
-    tags: list[str] = attrs.field(factory=list)
-
-
-def _factory(cfg, ctx):
-    """A stand-in component for recipe tests."""
-    return cfg
-
-
-def _fake_plugin() -> types.SimpleNamespace:
-    @hookimpl
-    def clapkit_register(registrar):
-        for kind, name in [("dataset", "fake_data"), ("backbone", "fake_bb"),
-                           ("prompt", "fake_prompt"), ("prompt", "fake_prompt2"),
-                           ("adapter", "fake_adapter"), ("router", "fake_router"),
-                           ("head", "fake_head"), ("loss", "fake_loss"),
-                           ("selector", "fake_selector"), ("logger", "fake_logger")]:
-            registrar.add(kind, name, _factory, config=FakeConfig)
-    return types.SimpleNamespace(clapkit_register=clapkit_register)
 
 
 @pytest.fixture
 def fake_host() -> PluginHost:
     """A host with only the stand-in components (no entry points loaded)."""
     host = PluginHost()
-    host.add_plugin(_fake_plugin(), "fakes", "fake-dist", "9.9")
+    host.add_plugin(fake_plugin(), "fakes", "fake-dist", "9.9")
     return host
 
 

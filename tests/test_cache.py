@@ -324,7 +324,7 @@ def test_info_and_verify_cli(backbone, tmp_path):
     runner = CliRunner()
     res = runner.invoke(cache_group, ["info", str(path)])
     assert res.exit_code == 0, res.output
-    assert "complete" in res.output and "[5, 1, 64]" in res.output
+    assert "complete" in res.output and f"[5, 1, {backbone.embed_dim}]" in res.output
     assert backbone.fingerprint() in res.output
     res = runner.invoke(cache_group, ["verify", str(path)])
     assert res.exit_code == 0 and "ok" in res.output
@@ -414,7 +414,7 @@ def test_cache_build_cli_from_recipe(tmp_path, monkeypatch):
     assert res.exit_code == 0, (res.output, res.exception)
     files = sorted(out.glob("*.h5"))
     assert [f.name.split("-")[0] for f in files] == ["train", "valid"]
-    assert "[7, 1, 64]" in res.output and "[3, 1, 64]" in res.output
+    assert "[7, 1, 128]" in res.output and "[3, 1, 128]" in res.output  # clapkit-tiny: D=128
     assert all(verify(f) is None for f in files)
     mtimes = [f.stat().st_mtime_ns for f in files]
     res = runner.invoke(cache_group, ["build", str(recipe), "--set", f"cache.dir='{out}'",
