@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
@@ -196,7 +197,9 @@ def train_epoch(model: nn.Module, pipeline: nn.Module, loader: Iterable,
             # is still in its warmup): nothing to step; the schedule still advances
             skipped += 1
         last_lrs = [g["lr"] for g in optimizer.param_groups]
-        scheduler.step()
+        with warnings.catch_warnings():   # a skipped step still advances the schedule
+            warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*")
+            scheduler.step()
         n = int(batch["label"].shape[0])
         count += n
         for k, v in terms.items():

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import random
 import zlib
-from typing import Any
 
 import attrs
 import numpy as np

@@ -16,7 +16,6 @@ from clapkit.engine.distributed import DistInfo
 from clapkit.engine.loop import StepConfig, mix_batch, train_epoch
 from clapkit.engine.runner import run_recipe
 from clapkit.engine.sampling import EpochSampler, inverse_frequency_weights
-from clapkit.metrics import ClassificationMeter
 from clapkit.sections import LossKeys
 
 LOGGED = es.BASE_RECIPE + '\n[log.jsonl]\nplugin = "jsonl"\n'
@@ -203,3 +202,37 @@ def test_weighted_sampler_key_reaches_the_loader(tmp_path, monkeypatch):
     run_recipe(path, overrides=es.base_overrides(tmp_path) + ["data.weighted_sampler=true"],
                out_dir=tmp_path / "out")
     assert any(seen)
+
+
+# --- data.augment and stages that cannot train -------------------------------------------------
+
+def test_augment_switches_the_training_pipeline(tmp_path, monkeypatch):
+    from clapkit.data.base import ClipDataset
+    modes = []
+    orig = ClipDataset.__init__
+
+    def spy(self, source, split, transform, train, **kw):
+        modes.append((split, train))
+        orig(self, source, split, transform, train, **kw)
+    monkeypatch.setattr(ClipDataset, "__init__", spy)
+    path = es.write_recipe(tmp_path)
+    over = es.base_overrides(tmp_path) + ['cache.enabled="off"']
+    run_recipe(path, overrides=over, out_dir=tmp_path / "a")
+    assert ("train", True) in modes
+    modes.clear()
+    run_recipe(path, overrides=over + ["data.augment=false"], out_dir=tmp_path / "b")
+    assert ("train", True) not in modes and ("train", False) in modes
+    from clapkit.errors import RecipeError
+    with pytest.raises(RecipeError, match="augment"):
+        run_recipe(path, overrides=es.base_overrides(tmp_path) + ["data.augment=false",
+                                                                  "cache.views=2"],
+                   out_dir=tmp_path / "c")
+
+
+def test_a_stage_whose_loss_never_reaches_its_parameters_is_an_error(tmp_path):
+    from clapkit.errors import ClapkitError
+    text = es.BASE_RECIPE.replace("[losses.ce]\nplugin = \"t_ce\"",
+                                  "[losses.ce]\nplugin = \"t_ce\"\nwarmup = 5")
+    path = es.write_recipe(tmp_path, text)
+    with pytest.raises(ClapkitError, match="trained nothing"):
+        run_recipe(path, overrides=es.base_overrides(tmp_path), out_dir=tmp_path / "out")
