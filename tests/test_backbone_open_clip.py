@@ -11,7 +11,7 @@ from PIL import Image
 from clapkit.errors import ClapkitError
 from clapkit.interfaces import Backbone, BuildContext
 from clapkit.plugins import get_plugin_host
-from clapkit_plugins.backbone_open_clip import (TINY_MODEL, OpenClipBackbone, OpenClipConfig,
+from clapkit_plugins.backbones.open_clip import (TINY_MODEL, OpenClipBackbone, OpenClipConfig,
                                                 build)
 
 

@@ -22,7 +22,7 @@ from clapkit.cache.builder import encode_frames
 from clapkit.cache.lock import BuildLock
 from clapkit.data.base import ClipDataset, DatasetSource, ItemRef
 from clapkit.errors import ClapkitError
-from clapkit_plugins.backbone_open_clip import TINY_MODEL, OpenClipBackbone, OpenClipConfig
+from clapkit_plugins.backbones.open_clip import TINY_MODEL, OpenClipBackbone, OpenClipConfig
 
 
 class RandomImages(DatasetSource):

@@ -8,7 +8,7 @@ import pytest
 
 import engine_standins as es
 from clapkit.engine.runner import run_recipe
-from clapkit_plugins.backbone_open_clip import OpenClipBackbone
+from clapkit_plugins.backbones.open_clip import OpenClipBackbone
 
 LOGGED = es.BASE_RECIPE + '\n[log.jsonl]\nplugin = "jsonl"\n'
 
