@@ -11,8 +11,8 @@ from PIL import Image
 from clapkit.errors import ClapkitError
 from clapkit.interfaces import Backbone, BuildContext
 from clapkit.plugins import get_plugin_host
-from clapkit_plugins.backbones.open_clip import (TINY_MODEL, OpenClipBackbone, OpenClipConfig,
-                                                build)
+from clapkit_plugins.backbones.open_clip import (TINY_MODEL, TINY_TEXTWIDE_MODEL,
+                                                OpenClipBackbone, OpenClipConfig, build)
 
 
 @pytest.fixture(scope="module")
@@ -146,14 +146,16 @@ def test_manual_towers_equal_encoders_without_prompts(tiny):
 
 
 def _reference_text_with_deep_prompts(bb, emb, tokens, deep):
-    """MaPLe's text loop written out block by block, for comparison."""
+    """MaPLe's text loop written out block by block: deep[j] is the input of block j."""
     m = bb.model
-    x = emb + m.positional_embedding
+    x = emb.clone()
+    if deep and deep[0] is not None:
+        x[:, 1:1 + deep[0].shape[0]] = deep[0]
+    x = x + m.positional_embedding
     for j, blk in enumerate(m.transformer.resblocks):
-        if 1 <= j <= len(deep):
-            n = deep[j - 1].shape[0]
+        if 1 <= j < len(deep) and deep[j] is not None:
             x = x.clone()
-            x[:, 1:1 + n] = deep[j - 1]
+            x[:, 1:1 + deep[j].shape[0]] = deep[j]
         x = blk(x, attn_mask=m.attn_mask)
     x = m.ln_final(x)
     x = x[torch.arange(x.shape[0]), tokens.argmax(-1)]
@@ -167,17 +169,37 @@ def _reference_vision_with_deep_prompts(bb, imgs, deep):
     n = deep[0].shape[0]
     x = v.ln_pre(torch.cat([x, deep[0].expand(x.shape[0], -1, -1)], 1))
     for j, blk in enumerate(v.transformer.resblocks):
-        if 1 <= j < len(deep):
+        if 1 <= j < len(deep) and deep[j] is not None:
             x = x.clone()
             x[:, -n:] = deep[j]
         x = blk(x)
     return v.ln_post(x[:, 0]) @ v.proj
 
 
-def test_deep_prompts_follow_maple_and_carry_gradients(tiny):
+@pytest.fixture(scope="module", params=[TINY_MODEL, TINY_TEXTWIDE_MODEL])
+def any_tiny(request) -> OpenClipBackbone:
+    return OpenClipBackbone(OpenClipConfig(model=request.param))
+
+
+def test_second_tiny_config_has_other_widths_and_depths(any_tiny):
+    bb = any_tiny
+    assert bb.text_width == bb.model.token_embedding.weight.shape[1]
+    assert bb.vision_width == bb.model.visual.class_embedding.shape[-1]
+    assert bb.text_layers == len(bb.model.transformer.resblocks)
+    assert bb.vision_layers == len(bb.model.visual.transformer.resblocks)
+    if bb.cfg.model == TINY_TEXTWIDE_MODEL:
+        assert (bb.text_width, bb.vision_width, bb.text_layers, bb.vision_layers,
+                bb.embed_dim) == (64, 48, 2, 3, 96)
+    else:
+        assert (bb.text_width, bb.vision_width) == (32, 128)
+
+
+def test_deep_prompts_follow_the_one_convention_and_carry_gradients(any_tiny):
+    tiny = any_tiny
     tokens = tiny.tokenize(["X X X X cat", "X X X X dog"])
     gen = torch.Generator().manual_seed(1)
-    tdeep = [torch.randn(4, tiny.text_width, generator=gen, requires_grad=True)]
+    tdeep = [torch.randn(4, tiny.text_width, generator=gen, requires_grad=True)
+             for _ in range(tiny.text_layers)]
     vdeep = [torch.randn(3, tiny.vision_width, generator=gen, requires_grad=True)
              for _ in range(tiny.vision_layers)]
     emb = tiny.token_embedding(tokens)
@@ -193,10 +215,36 @@ def test_deep_prompts_follow_maple_and_carry_gradients(tiny):
     (out_t.sum() + out_v.sum()).backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in tdeep + vdeep)
     assert all(p.grad is None for p in tiny.parameters())
-    # per-class text prompts [C,n,W] and per-image vision prompts [B,n,W] are accepted
-    per_class = [tdeep[0].detach().expand(2, -1, -1)]
-    torch.testing.assert_close(tiny.encode_text_embedded(emb, tokens, per_class).detach(),
-                               out_t.detach())
+    with torch.no_grad():
+        # per-class text prompts [C,n,W] and per-image vision prompts [B,n,W] are accepted
+        per_class = [p.detach().expand(2, -1, -1) for p in tdeep]
+        torch.testing.assert_close(tiny.encode_text_embedded(emb, tokens, per_class),
+                                   out_t.detach())
+        # entry 0 replaces the tokens after SOT: giving the embeddings already holding it
+        # is the same as giving it as deep_prompts[0]
+        emb0 = emb.clone()
+        emb0[:, 1:5] = tdeep[0]
+        torch.testing.assert_close(
+            tiny.encode_text_embedded(emb0, tokens, [None] + [p.detach() for p in tdeep[1:]]),
+            out_t.detach())
+        # a None entry lets the previous block's prompt outputs pass through
+        skip = [p.detach() for p in vdeep]
+        skip[1] = None
+        torch.testing.assert_close(tiny.encode_image_prompted(images(2), skip),
+                                   _reference_vision_with_deep_prompts(tiny, images(2), skip),
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_deep_prompt_errors_are_clear(tiny):
+    tokens = tiny.tokenize(["X X cat"])
+    emb = tiny.token_embedding(tokens)
+    too_many = [torch.zeros(2, tiny.text_width)] * (tiny.text_layers + 1)
+    with pytest.raises(ClapkitError, match=r"3 deep prompts for the text tower, which has 2"):
+        tiny.encode_text_embedded(emb, tokens, too_many)
+    with pytest.raises(ClapkitError, match=r"vision tower, which has 2 blocks"):
+        tiny.encode_image_prompted(images(1), [torch.zeros(2, tiny.vision_width)] * 3)
+    with pytest.raises(ClapkitError, match=r"deep_prompts\[0\] is None"):
+        tiny.encode_image_prompted(images(1), [None, torch.zeros(2, tiny.vision_width)])
 
 
 def test_custom_text_clip_towers(tmp_path):

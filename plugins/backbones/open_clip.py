@@ -29,9 +29,13 @@ from clapkit.interfaces import Backbone, BuildContext
 
 TINY_MODEL = "clapkit-tiny"
 TINY_CONFIG = Path(__file__).with_name(f"{TINY_MODEL}.json")
+#: a second tiny model with a text tower wider than its vision tower and towers of different
+#: depths (text 64 wide x 2 blocks, vision 48 x 3, embed 96): prompt styles are tested on both
+TINY_TEXTWIDE_MODEL = "clapkit-tiny-textwide"
 
-if TINY_MODEL not in open_clip.list_models():
-    open_clip.add_model_config(TINY_CONFIG)
+for _cfg in sorted(Path(__file__).parent.glob("clapkit-*.json")):
+    if _cfg.stem not in open_clip.list_models():
+        open_clip.add_model_config(_cfg)
 
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
 
@@ -261,13 +265,22 @@ class OpenClipBackbone(Backbone):
         return self._text_tower().token_embedding(tokens.to(self.device))
 
     def encode_text_embedded(self, embeddings: torch.Tensor, tokens: torch.Tensor,
-                             deep_prompts: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
-        """Text tower from ``[C,L,W]`` embeddings; ``deep_prompts[j]`` (``[n,W]`` or
-        ``[C,n,W]``) replaces positions ``1..n`` before block ``j+1`` (MaPLe)."""
+                             deep_prompts: Sequence[torch.Tensor | None] | None = None
+                             ) -> torch.Tensor:
+        """Text tower from ``[C,L,W]`` embeddings, pooled at the EOT of ``tokens``.
+
+        ``deep_prompts[j]`` (``[n,W]`` or ``[C,n,W]``) is the prompt input of block ``j``
+        (the Backbone convention): entry 0 replaces embedding positions ``1..n`` (before the
+        positional embedding is added, as a token would), entry ``j >= 1`` replaces the
+        outputs of block ``j-1`` at those positions; ``None`` entries pass through.
+        """
         t = self._text_tower()
         tokens = tokens.to(self.device)
+        deep = _check_deep(deep_prompts, self.text_layers, "text")
         cast = t.transformer.get_cast_dtype()
         seq = embeddings.shape[1]
+        if deep and deep[0] is not None:
+            embeddings = _replace_after_sot(embeddings, deep[0])
         x = embeddings.to(cast) + t.positional_embedding[:seq].to(cast)
         mask = t.attn_mask
         if mask is not None:
@@ -275,12 +288,9 @@ class OpenClipBackbone(Backbone):
         if getattr(t, "use_pad_mask", False):
             pad = t._build_additive_mask(tokens, seq, x.dtype)
             mask = pad if mask is None else mask.unsqueeze(0) + pad
-        deep = list(deep_prompts or [])
         for j, block in enumerate(t.transformer.resblocks):
-            if 0 < j <= len(deep):
-                p = deep[j - 1].to(x.dtype)
-                p = p.expand(x.shape[0], -1, -1) if p.dim() == 2 else p
-                x = torch.cat([x[:, :1], p, x[:, 1 + p.shape[1]:]], dim=1)
+            if 0 < j < len(deep) and deep[j] is not None:
+                x = _replace_after_sot(x, deep[j])
             x = block(x, attn_mask=mask)
         x = t.ln_final(x)
         pool = getattr(t, "text_pool_type", None) or getattr(t, "pool_type", "argmax")
@@ -292,17 +302,23 @@ class OpenClipBackbone(Backbone):
         return x.float()
 
     def encode_image_prompted(self, images: torch.Tensor,
-                              deep_prompts: Sequence[torch.Tensor] | None) -> torch.Tensor:
-        """Vision tower with prompt tokens: ``deep_prompts[0]`` (``[n,Wv]`` or ``[B,n,Wv]``) is
-        appended after the positional embedding, ``deep_prompts[j]`` replaces those n tokens
-        before block j; they are dropped before pooling (MaPLe)."""
+                              deep_prompts: Sequence[torch.Tensor | None] | None
+                              ) -> torch.Tensor:
+        """Vision tower with prompt tokens (the Backbone convention): ``deep_prompts[0]``
+        (``[n,Wv]`` or ``[B,n,Wv]``) is appended after the patch tokens (after the positional
+        embedding, before ``ln_pre``), ``deep_prompts[j]`` replaces those n tokens as the input
+        of block j (``None``: pass through); they are dropped before pooling (MaPLe)."""
         v = self._vision_tower()
+        deep = _check_deep(deep_prompts, self.vision_layers, "vision")
+        if deep and deep[0] is None:
+            raise ClapkitError("vision deep_prompts[0] is None: the prompt tokens appended "
+                               "to the patch tokens must be given before later blocks "
+                               "can replace them")
         x = self._images_in(images)
         x = v.conv1(x).flatten(2).transpose(1, 2)                       # [B, grid^2, Wv]
         cls = v.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], -1, -1)
         x = torch.cat([cls, x], dim=1) + v.positional_embedding.to(x.dtype)
         x = v.patch_dropout(x)
-        deep = list(deep_prompts or [])
         n = 0
 
         def batch_prompt(p: torch.Tensor) -> torch.Tensor:
@@ -315,7 +331,7 @@ class OpenClipBackbone(Backbone):
             x = torch.cat([x, first], dim=1)
         x = v.ln_pre(x)
         for j, block in enumerate(v.transformer.resblocks):
-            if 0 < j < len(deep):
+            if 0 < j < len(deep) and deep[j] is not None:
                 x = torch.cat([x[:, :x.shape[1] - n], batch_prompt(deep[j])], dim=1)
             x = block(x)
         if n:
@@ -324,6 +340,23 @@ class OpenClipBackbone(Backbone):
         if v.proj is not None:
             pooled = pooled @ v.proj
         return pooled.float()
+
+
+def _check_deep(deep_prompts: Sequence[torch.Tensor | None] | None, layers: int,
+                tower: str) -> list[torch.Tensor | None]:
+    """The deep prompts as a list; more entries than blocks is an error (never ignored)."""
+    deep = list(deep_prompts or [])
+    if len(deep) > layers:
+        raise ClapkitError(f"{len(deep)} deep prompts for the {tower} tower, which has "
+                           f"{layers} blocks (entry j feeds block j)")
+    return deep
+
+
+def _replace_after_sot(x: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
+    """``x`` ``[C,L,W]`` with positions ``1..n`` replaced by ``prompt`` ``[n,W]``/``[C,n,W]``."""
+    p = prompt.to(x.dtype)
+    p = p.expand(x.shape[0], -1, -1) if p.dim() == 2 else p
+    return torch.cat([x[:, :1], p, x[:, 1 + p.shape[1]:]], dim=1)
 
 
 def _before_load(module: OpenClipBackbone, *args: Any) -> None:
