@@ -22,8 +22,8 @@ import torch
 
 __all__ = [
     "confusion_matrix", "war", "uar", "per_class_accuracy", "task_accuracy",
-    "ClassificationMeter", "AccuracyMatrix",
-    "auroc", "aupr", "fpr_at_tpr", "fpr95", "expected_calibration_error",
+    "task_aware_predictions", "ClassificationMeter", "TaskAwareMeter", "AccuracyMatrix",
+    "auroc", "aupr", "fpr_at_tpr", "fpr95", "expected_calibration_error", "CalibrationMeter",
 ]
 
 
@@ -102,6 +102,60 @@ def task_accuracy(confusion: torch.Tensor, task_of_class: Sequence[int] | torch.
                        torch.full_like(hits, math.nan))
 
 
+def task_aware_predictions(logits: torch.Tensor, labels: torch.Tensor,
+                           task_of_class: Sequence[int] | torch.Tensor) -> torch.Tensor:
+    """Task-aware (task-IL) predictions ``[B]``: the argmax over the classes of each item's
+    *true* task only (the task oracle of the task-incremental setting; the reference code's
+    ``mask_classes``). Logits may cover only the classes seen so far (``C' <= C``)."""
+    if logits.dim() != 2:
+        raise ValueError(f"expected logits [B,C], got shape {tuple(logits.shape)}")
+    tasks = torch.as_tensor(task_of_class, dtype=torch.long, device=logits.device)
+    labels = labels.reshape(-1).long().to(logits.device)
+    c = logits.shape[1]
+    if c > tasks.numel():
+        raise ValueError(f"logits have {c} classes but task_of_class only {tasks.numel()}")
+    same = tasks[:c][None, :] == tasks[labels][:, None]                 # [B,C']
+    return logits.masked_fill(~same, -math.inf).argmax(dim=1)
+
+
+class TaskAwareMeter:
+    """Streaming task-aware accuracy per task (see :func:`task_aware_predictions`).
+
+    Task-aware accuracy tells how much of the class-incremental error is confusion *between*
+    tasks: it is >= the class-incremental accuracy and equal when no item is predicted into
+    another task. The whole state is ``self.counts`` (float64 ``[2, n_tasks]``: hits,
+    support), summed over ranks with one ``all_reduce``.
+    """
+
+    def __init__(self, task_of_class: Sequence[int] | torch.Tensor,
+                 device: torch.device | str = "cpu") -> None:
+        self.task_of_class = torch.as_tensor(task_of_class, dtype=torch.long,
+                                             device=torch.device(device))
+        self.num_tasks = int(self.task_of_class.max()) + 1 if self.task_of_class.numel() else 0
+        self.counts = torch.zeros(2, self.num_tasks, dtype=torch.float64,
+                                  device=torch.device(device))
+
+    @torch.no_grad()
+    def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        labels = labels.reshape(-1).long().to(self.counts.device)
+        pred = task_aware_predictions(logits.detach().to(self.counts.device), labels,
+                                      self.task_of_class)
+        t = self.task_of_class[labels]
+        self.counts[0].index_add_(0, t, (pred == labels).double())
+        self.counts[1].index_add_(0, t, torch.ones_like(t, dtype=torch.float64))
+
+    def per_task(self) -> torch.Tensor:
+        """``[n_tasks]`` task-aware accuracy (NaN for tasks without items)."""
+        hits, support = self.counts.cpu()
+        return torch.where(support > 0, hits / support.clamp_min(1),
+                           torch.full_like(hits, math.nan))
+
+    def accuracy(self) -> float:
+        """Sample-weighted task-aware accuracy over every item seen; NaN when empty."""
+        hits, support = self.counts.cpu().sum(dim=1)
+        return float(hits / support) if support > 0 else math.nan
+
+
 class ClassificationMeter:
     """Streaming confusion matrix; WAR / UAR / per-class accuracy at the end.
 
@@ -148,18 +202,34 @@ class ClassificationMeter:
 # --- class-incremental learning -----------------------------------------------------------
 
 class AccuracyMatrix:
-    """R[t][j]: accuracy on task j after learning task t (j <= t), plus the seen-class accuracy.
+    """R[t][j]: accuracy on task j after learning task t (j <= t), plus per-row scalars.
 
-    ``acc_seen[t]`` is the accuracy on all classes seen up to task t (sample-weighted, which
-    differs from the mean of R[t][:t+1] when tasks have different test sizes), so it is stored
-    rather than derived. Serialises to plain lists for checkpoints.
+    Definitions (T = index of the last task recorded, accuracies as fractions):
+
+    * ``acc_seen[t]``: accuracy on all classes seen up to task t (sample-weighted, which
+      differs from the mean of R[t][:t+1] when tasks have different test sizes), so it is
+      stored rather than derived;
+    * average incremental accuracy = mean_t acc_seen[t];
+    * last accuracy = acc_seen[T];
+    * forgetting = mean over j < T of (max_{t<T} R[t][j] - R[T][j]) (>= 0 unless a task got
+      better later; Chaudhry et al. 2018);
+    * backward transfer BWT = mean over j < T of (R[T][j] - R[j][j]) (negative = forgetting
+      measured from when the task was learned; Lopez-Paz & Ranzato 2017);
+    * ``task_aware[t]`` (optional): task-aware accuracy on the seen classes after task t, the
+      argmax restricted to the item's true task (:class:`TaskAwareMeter`);
+    * ``ece[t]`` (optional): expected calibration error on the seen classes after task t.
+
+    Serialises to plain lists for checkpoints and ``accuracy_matrix.json``.
     """
 
     def __init__(self) -> None:
         self.rows: list[list[float]] = []
         self.acc_seen: list[float] = []
+        self.task_aware: list[float] = []
+        self.ece: list[float] = []
 
-    def update(self, task: int, task_accs: Sequence[float], acc_seen: float) -> None:
+    def update(self, task: int, task_accs: Sequence[float], acc_seen: float, *,
+               task_aware: float | None = None, ece: float | None = None) -> None:
         """Record evaluation after learning ``task``: ``task_accs[j]`` for j = 0..task."""
         if task != len(self.rows) and task != len(self.rows) - 1:
             raise ValueError(f"tasks must be recorded in order: have {len(self.rows)} rows, "
@@ -167,12 +237,16 @@ class AccuracyMatrix:
         accs = [float(a) for a in task_accs]
         if len(accs) != task + 1:
             raise ValueError(f"task {task} needs {task + 1} task accuracies, got {len(accs)}")
-        if task == len(self.rows):
-            self.rows.append(accs)
-            self.acc_seen.append(float(acc_seen))
-        else:  # re-evaluation of the current task (e.g. after a resume) replaces the row
-            self.rows[task] = accs
-            self.acc_seen[task] = float(acc_seen)
+        values = (accs, float(acc_seen),
+                  math.nan if task_aware is None else float(task_aware),
+                  math.nan if ece is None else float(ece))
+        append = task == len(self.rows)
+        lists: tuple[list[Any], ...] = (self.rows, self.acc_seen, self.task_aware, self.ece)
+        for lst, v in zip(lists, values):
+            if append:
+                lst.append(v)
+            else:  # re-evaluation of the current task (e.g. after a resume) replaces the row
+                lst[task] = v
 
     @property
     def num_tasks(self) -> int:
@@ -215,22 +289,51 @@ class AccuracyMatrix:
         return float((r[-1, :-1] - r.diagonal()[:-1]).mean())
 
     def summary(self) -> dict[str, float]:
-        return {"avg_incremental_acc": self.average_incremental_accuracy(),
-                "last_acc": self.last_accuracy(), "forgetting": self.forgetting(),
-                "bwt": self.bwt()}
+        """The scalar summary; task-aware and ECE entries only when they were recorded."""
+        out = {"avg_incremental_acc": self.average_incremental_accuracy(),
+               "last_acc": self.last_accuracy(), "forgetting": self.forgetting(),
+               "bwt": self.bwt()}
+        ta = torch.tensor(self.task_aware, dtype=torch.float64)
+        if ta.numel() and not bool(ta.isnan().all()):
+            out["avg_task_aware_acc"] = float(ta[~ta.isnan()].mean())
+            out["last_task_aware_acc"] = float(ta[-1])
+        ece = torch.tensor(self.ece, dtype=torch.float64)
+        if ece.numel() and not bool(ece.isnan().all()):
+            out["last_ece"] = float(ece[-1])
+        return out
 
     def to_dict(self) -> dict[str, list]:
-        return {"rows": [list(r) for r in self.rows], "acc_seen": list(self.acc_seen)}
+        return {"rows": [list(r) for r in self.rows], "acc_seen": list(self.acc_seen),
+                "task_aware": list(self.task_aware), "ece": list(self.ece)}
 
     @classmethod
     def from_dict(cls, state: dict[str, Any]) -> AccuracyMatrix:
+        """Inverse of :meth:`to_dict` (NaNs may come back as None from JSON; older states
+        without ``task_aware``/``ece`` load with those unset)."""
         out = cls()
-        for t, (row, seen) in enumerate(zip(state["rows"], state["acc_seen"], strict=True)):
-            out.update(t, row, seen)
+        n = len(state["rows"])
+
+        def col(key: str) -> list[float | None]:
+            vals = state.get(key) or [None] * n
+            if len(vals) != n:
+                raise ValueError(f"accuracy matrix state: {len(vals)} '{key}' entries for "
+                                 f"{n} rows")
+            return [None if v is None or (isinstance(v, float) and math.isnan(v)) else v
+                    for v in vals]
+
+        for t, (row, seen, ta, ece) in enumerate(zip(state["rows"], state["acc_seen"],
+                                                     col("task_aware"), col("ece"),
+                                                     strict=True)):
+            out.update(t, row, seen, task_aware=ta, ece=ece)
         return out
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, AccuracyMatrix) and self.to_dict() == other.to_dict()
+        if not isinstance(other, AccuracyMatrix):
+            return False
+        a, b = self.to_dict(), other.to_dict()
+        return all(torch.equal(torch.tensor(a[k], dtype=torch.float64).nan_to_num(-7.0),
+                               torch.tensor(b[k], dtype=torch.float64).nan_to_num(-7.0))
+                   for k in ("acc_seen", "task_aware", "ece")) and a["rows"] == b["rows"]
 
 
 # --- OOD / novelty detection (rank-based, ties handled) -----------------------------------
@@ -321,3 +424,31 @@ def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor,
     conf_sum = torch.bincount(bins, weights=conf, minlength=n_bins)
     acc_sum = torch.bincount(bins, weights=correct, minlength=n_bins)
     return float((conf_sum - acc_sum).abs().sum() / n)
+
+
+class CalibrationMeter:
+    """Streaming ECE with the bins of :func:`expected_calibration_error` (same value on the
+    same items). The whole state is ``self.bins`` (float64 ``[3, n_bins]``: item count,
+    confidence sum, correct count per bin), summed over ranks with one ``all_reduce``."""
+
+    def __init__(self, n_bins: int = 15, device: torch.device | str = "cpu") -> None:
+        if n_bins <= 0:
+            raise ValueError(f"n_bins must be positive, got {n_bins}")
+        self.n_bins = n_bins
+        self.bins = torch.zeros(3, n_bins, dtype=torch.float64, device=torch.device(device))
+
+    @torch.no_grad()
+    def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """Add a batch of logits ``[B,C']`` (``-inf`` for classes not seen yet is fine)."""
+        probs = torch.softmax(logits.detach().double().to(self.bins.device), dim=1)
+        conf, pred = probs.max(dim=1)
+        correct = (pred == labels.reshape(-1).to(pred.device)).double()
+        b = (torch.ceil(conf * self.n_bins).long() - 1).clamp(0, self.n_bins - 1)
+        self.bins[0].index_add_(0, b, torch.ones_like(conf))
+        self.bins[1].index_add_(0, b, conf)
+        self.bins[2].index_add_(0, b, correct)
+
+    def compute(self) -> float:
+        count, conf_sum, acc_sum = self.bins.cpu()
+        n = float(count.sum())
+        return float((conf_sum - acc_sum).abs().sum() / n) if n else math.nan
