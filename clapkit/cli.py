@@ -122,14 +122,8 @@ def run_cmd(file: Path, overrides: tuple[str, ...], out_dir: Path | None, resume
 # --- commands that live in their own modules ------------------------------------------------
 
 def _add_lazy_groups() -> None:
-    for module, attr in (("clapkit.cache_cli", "cache"), ("clapkit.data.cli", "data")):
-        try:
-            group = getattr(importlib.import_module(module), attr)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-            continue
-        cli.add_command(group)
+    for module, attr in (("clapkit.cache.cli", "cache"), ("clapkit.data.cli", "data")):
+        cli.add_command(getattr(importlib.import_module(module), attr))
 
 
 _extended = False

@@ -14,9 +14,11 @@ import attrs
 
 from .errors import DuplicateComponentError, UnknownComponentError
 
-#: The component kinds, in the order a pipeline is assembled.
+#: The component kinds, in the order a pipeline is assembled; ``demo`` entries are generators
+#: of demo data sets (``make(out, seed, tiny)``, see :mod:`clapkit.data.demo`).
 KINDS: tuple[str, ...] = (
     "backbone", "prompt", "adapter", "router", "head", "loss", "selector", "dataset", "logger",
+    "demo",
 )
 
 

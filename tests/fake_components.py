@@ -31,7 +31,8 @@ def fake_plugin() -> types.SimpleNamespace:
                            ("prompt", "fake_prompt"), ("prompt", "fake_prompt2"),
                            ("adapter", "fake_adapter"), ("router", "fake_router"),
                            ("head", "fake_head"), ("loss", "fake_loss"),
-                           ("selector", "fake_selector"), ("logger", "fake_logger")]:
+                           ("selector", "fake_selector"), ("logger", "fake_logger"),
+                           ("demo", "fake_demo")]:
             registrar.add(kind, name, _factory, config=FakeConfig)
     return types.SimpleNamespace(clapkit_register=clapkit_register)
 

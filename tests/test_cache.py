@@ -318,7 +318,7 @@ def test_cache_plan():
 
 
 def test_info_and_verify_cli(backbone, tmp_path):
-    from clapkit.cache_cli import cache as cache_group
+    from clapkit.cache.cli import cache as cache_group
     src = RandomImages()
     path = ensure_cache(backbone, src, "valid", cache_dir=tmp_path, progress=False)
     runner = CliRunner()
@@ -398,7 +398,7 @@ batch_size = 4
 
 
 def test_cache_build_cli_from_recipe(tmp_path, monkeypatch):
-    from clapkit.cache_cli import cache as cache_group
+    from clapkit.cache.cli import cache as cache_group
     from clapkit.cli import main
     mod_dir = tmp_path / "mods"
     mod_dir.mkdir()

@@ -36,19 +36,21 @@ def data() -> None:
 @data.command("make-demo")
 @click.option("--out", "out", default=".clapkit_demo", show_default=True,
               type=click.Path(file_okay=False), help="Folder to write the demo sets into.")
-@click.option("--kind", type=click.Choice(["caer", "incremental", "all"]), default="all",
-              show_default=True, help="caer: CAER-layout video clips; incremental: 20-class "
-              "shapes in the CIFAR-100 pickle layout.")
+@click.option("--kind", default="all", show_default=True,
+              help="A registered demo generator (see `clapkit plugins --kind demo`), or all.")
 @click.option("--seed", default=0, show_default=True, help="Generator seed.")
 @click.option("--force", is_flag=True, help="Regenerate even when an up-to-date set exists.")
 def make_demo(out: str, kind: str, seed: int, force: bool) -> None:
     """Generate the demo datasets (seconds, no download) in their real on-disk layouts."""
+    from ..cli import host
     from .demo import ensure_demo
 
-    for k in (("caer", "incremental") if kind == "all" else (kind,)):
-        root = ensure_demo(k, Path(out) / k, seed=seed, force=force)
-        hint = {"caer": 'plugin = "caer"', "incremental": 'plugin = "cifar100"'}[k]
-        click.echo(f"{k}: {root}  (recipe: {hint}, root = \"{root}\")")
+    h = host()
+    registry = h.registries["demo"]
+    for e in (list(registry) if kind == "all" else [registry.get(kind)]):
+        root = ensure_demo(e.name, Path(out) / e.name, seed=seed, force=force, host=h)
+        hint = f'plugin = "{e.meta["dataset"]}", ' if e.meta.get("dataset") else ""
+        click.echo(f"{e.name}: {root}  (recipe [data]: {hint}root = \"{root}\")")
 
 
 @data.command("detect-faces")

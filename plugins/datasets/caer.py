@@ -18,10 +18,11 @@ from pathlib import Path
 import attrs
 
 from clapkit import hookimpl
-from clapkit.data.demo import ensure_demo
 from clapkit.data.layout import clip_path, dataset_root, optional_file, read_list, split_files
 from clapkit.data.sources import ClipConfig, ClipItem, ClipSource, check_split
 from clapkit.interfaces import BuildContext
+
+from .demo_caer import CAER_DEMO
 
 CLASSES = ["Anger", "Disgust", "Fear", "Happy", "Neutral", "Sad", "Surprise"]
 OBTAIN = ("https://caer-dataset.github.io (Lee et al., 'Context-Aware Emotion Recognition "
@@ -78,7 +79,7 @@ class CaerSource(ClipSource):
 def build(cfg: CaerConfig, ctx: BuildContext) -> CaerSource:
     """CAER video clips (face + context streams) in the CLIP-CAER annotation-list layout."""
     if cfg.generate_demo:
-        ensure_demo("caer", cfg.root)
+        CAER_DEMO.ensure(cfg.root)
     root = dataset_root(cfg.root, "CAER", OBTAIN)
     lists = split_files(root, "CAER", cfg.annotations)
     return CaerSource(cfg, root, lists, optional_file(root, cfg.face_boxes),
@@ -86,10 +87,12 @@ def build(cfg: CaerConfig, ctx: BuildContext) -> CaerSource:
 
 
 def test_options(ctx: BuildContext) -> dict:
-    root = ensure_demo("caer", Path(ctx.work_dir) / "demo-caer-tiny", tiny=True)
+    root = CAER_DEMO.ensure(Path(ctx.work_dir) / "demo-caer-tiny", tiny=True)
     return {"root": str(root), "num_frames": 4}
 
 
 @hookimpl
 def clapkit_register(registrar):
     registrar.add("dataset", "caer", build, config=CaerConfig, test_options=test_options)
+    CAER_DEMO.register(registrar, "CAER-layout video clips of drawn faces whose expression "
+                       "is the class (read by the caer dataset)")

@@ -19,10 +19,11 @@ from pathlib import Path
 import attrs
 
 from clapkit import hookimpl
-from clapkit.data.demo_layouts import as_caer_s
 from clapkit.data.layout import clip_path, dataset_root, optional_file, read_list, split_files
 from clapkit.data.sources import ClipConfig, ClipItem, ClipSource, check_split
 from clapkit.interfaces import BuildContext
+
+from .demo_layouts import as_caer_s
 
 CLASSES = ["Angry", "Disgust", "Fear", "Happy", "Neutral", "Sad", "Surprise"]
 OBTAIN = ("https://caer-dataset.github.io (CAER-S, Lee et al., 'Context-Aware Emotion "

@@ -18,11 +18,12 @@ from PIL import Image
 
 from clapkit import hookimpl
 from clapkit.data.base import ItemRef
-from clapkit.data.demo import ensure_demo
 from clapkit.data.layout import dataset_root
 from clapkit.data.sources import ImageSource, check_split
 from clapkit.errors import ClapkitError
 from clapkit.interfaces import BuildContext
+
+from .demo_incremental import INCREMENTAL_DEMO
 
 OBTAIN = "https://www.cs.toronto.edu/~kriz/cifar.html (the 'CIFAR-100 python version')"
 FOLDER = "cifar-100-python"
@@ -104,7 +105,7 @@ class Cifar100Source(ImageSource):
 def build(cfg: Cifar100Config, ctx: BuildContext) -> Cifar100Source:
     """CIFAR-100 (python pickle release) or the generated incremental demo in its layout."""
     if cfg.generate_demo:
-        ensure_demo("incremental", cfg.root)
+        INCREMENTAL_DEMO.ensure(cfg.root)
     root = dataset_root(cfg.root, "CIFAR-100", OBTAIN)
     folder = root / FOLDER if (root / FOLDER).is_dir() else root
     if not (folder / "meta").is_file():
@@ -114,10 +115,12 @@ def build(cfg: Cifar100Config, ctx: BuildContext) -> Cifar100Source:
 
 
 def test_options(ctx: BuildContext) -> dict:
-    return {"root": str(ensure_demo("incremental", Path(ctx.work_dir) / "demo-inc-tiny",
-                                    tiny=True))}
+    return {"root": str(INCREMENTAL_DEMO.ensure(Path(ctx.work_dir) / "demo-inc-tiny",
+                                                tiny=True))}
 
 
 @hookimpl
 def clapkit_register(registrar):
     registrar.add("dataset", "cifar100", build, config=Cifar100Config, test_options=test_options)
+    INCREMENTAL_DEMO.register(registrar, "20 classes of textured shapes in the CIFAR-100 "
+                              "pickle layout, for class-incremental runs (read by cifar100)")

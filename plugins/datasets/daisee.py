@@ -23,12 +23,13 @@ from typing import Literal
 import attrs
 
 from clapkit import hookimpl
-from clapkit.data.demo_layouts import as_daisee
 from clapkit.data.layout import dataset_root, optional_file, split_files
 from clapkit.data.sources import ClipConfig, ClipItem, ClipSource, check_split
 from clapkit.data.video import VIDEO_EXTENSIONS, list_frames
 from clapkit.errors import ClapkitError
 from clapkit.interfaces import BuildContext
+
+from .demo_layouts import as_daisee
 
 log = logging.getLogger("clapkit.data")
 

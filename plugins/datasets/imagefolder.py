@@ -12,12 +12,13 @@ import attrs
 
 from clapkit import hookimpl
 from clapkit.data.base import ItemRef
-from clapkit.data.demo_layouts import as_imagefolder
 from clapkit.data.layout import dataset_root
 from clapkit.data.sources import ImageSource, check_split
 from clapkit.data.video import IMAGE_EXTENSIONS, natural_key
 from clapkit.errors import ClapkitError
 from clapkit.interfaces import BuildContext
+
+from .demo_layouts import as_imagefolder
 
 
 def _default_splits() -> dict[str, str]:

@@ -19,12 +19,13 @@ import attrs
 
 from clapkit import hookimpl
 from clapkit.data.base import ItemRef
-from clapkit.data.demo_layouts import as_imagenet_r
 from clapkit.data.layout import dataset_root, find_file, read_list
 from clapkit.data.sources import ImageSource, check_split
 from clapkit.data.video import IMAGE_EXTENSIONS, natural_key
 from clapkit.errors import ClapkitError
 from clapkit.interfaces import BuildContext
+
+from .demo_layouts import as_imagenet_r
 
 OBTAIN = ("https://github.com/hendrycks/imagenet-r (Hendrycks et al., 'The Many Faces of "
           "Robustness', ICCV 2021); split lists: https://github.com/srvCodes/clap4clip "

@@ -19,10 +19,11 @@ from pathlib import Path
 import attrs
 
 from clapkit import hookimpl
-from clapkit.data.demo_layouts import as_raer
 from clapkit.data.layout import clip_path, dataset_root, optional_file, read_list, split_files
 from clapkit.data.sources import ClipConfig, ClipItem, ClipSource, check_split
 from clapkit.interfaces import BuildContext
+
+from .demo_layouts import as_raer
 
 CLASSES = ["Neutrality", "Enjoyment", "Confusion", "Fatigue", "Distraction"]
 OBTAIN = ("the RAER release of Zhao et al., 'Context-Aware Academic Emotion Dataset and "

@@ -8,11 +8,11 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from clapkit.data import demo_layouts as L
 from clapkit.data.cli import data
 from clapkit.data.demo import MARKER, ensure_demo
 from clapkit.data.faces import HaarFaceDetector, detect_dataset_faces, write_box_file
 from clapkit.errors import ClapkitError
+from clapkit_plugins.datasets import demo_layouts as L
 
 
 def test_make_demo_command(tmp_path):

@@ -11,10 +11,10 @@ import time
 import numpy as np
 import pytest
 
-from clapkit.data.demo import (CAER_CLASSES, DEMO_VERSION, MARKER, ensure_demo,
-                               make_caer_demo)
+from clapkit.data.demo import MARKER, ensure_demo
 from clapkit.data.video import read_clip
 from clapkit.errors import ClapkitError
+from clapkit_plugins.datasets.demo_caer import CAER_CLASSES, CAER_DEMO, make_caer_demo
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def test_caer_demo_is_read_by_the_caer_plugin(make, caer_demo):
     root, seconds = caer_demo
     assert seconds < 10
     assert json.loads((root / MARKER).read_text()) == {
-        "kind": "caer", "version": DEMO_VERSION, "seed": 0, "tiny": False}
+        "kind": "caer", "version": CAER_DEMO.version, "seed": 0, "tiny": False}
     src = make("caer", root=str(root), num_frames=4)
     assert src.splits() == ["train", "valid"]
     train, valid = src.class_counts("train"), src.class_counts("valid")
@@ -110,7 +110,7 @@ def test_ensure_demo_is_idempotent_and_regenerates_on_change(tmp_path, monkeypat
     (tmp_path / "mine" / "photo.jpg").write_bytes(b"x")
     with pytest.raises(ClapkitError, match="refusing to overwrite"):
         ensure_demo("caer", tmp_path / "mine")
-    with pytest.raises(ClapkitError, match="unknown demo kind"):
+    with pytest.raises(ClapkitError, match="unknown demo 'nope'"):
         ensure_demo("nope", tmp_path / "x")
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from datatrees import BOX, RED, mean_colour, write_clip
 
-from clapkit.data import demo_layouts as L
 from clapkit.errors import ClapkitError
+from clapkit_plugins.datasets import demo_layouts as L
 
 
 # --- RAER: 1-based labels, per-frame boxes, unpadded frame names ------------------------

@@ -2,7 +2,7 @@
 
 Used by the dataset plugins' ``test_options`` (the contract suites build every dataset from
 a tiny tree in its own layout) and by the unit tests. Each function copies a *tiny* CAER demo
-(``ensure_demo("caer", ..., tiny=True)``) or incremental demo into one layout, idempotently
+(``CAER_DEMO.ensure(..., tiny=True)``) or incremental demo into one layout, idempotently
 (a ``.done`` file marks a finished tree).
 """
 
@@ -16,8 +16,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .demo import CAER_CLASSES, ensure_demo
-from .video import list_frames, read_clip
+from clapkit.data.video import list_frames, read_clip
+
+from .demo_caer import CAER_CLASSES, CAER_DEMO
+from .demo_incremental import INCREMENTAL_DEMO
 
 CAER_S_CLASSES = ("Angry",) + CAER_CLASSES[1:]
 RAER_CLASSES = ("Neutrality", "Enjoyment", "Confusion", "Fatigue", "Distraction")
@@ -49,7 +51,7 @@ def as_caer_s(work: Path) -> Path:
     out = work / "caer-s-tiny"
     if _done(out):
         return out
-    demo = ensure_demo("caer", work / "demo-caer-tiny", tiny=True)
+    demo = CAER_DEMO.ensure(work / "demo-caer-tiny", tiny=True)
     ann = out / "CAER-S" / "annotations"
     ann.mkdir(parents=True, exist_ok=True)
     lines, faces = [], {}
@@ -73,7 +75,7 @@ def as_raer(work: Path) -> Path:
     out = work / "raer-tiny"
     if _done(out):
         return out
-    demo = ensure_demo("caer", work / "demo-caer-tiny", tiny=True)
+    demo = CAER_DEMO.ensure(work / "demo-caer-tiny", tiny=True)
     (out / "RAER" / "annotation").mkdir(parents=True, exist_ok=True)
     (out / "RAER" / "bounding_box").mkdir(parents=True, exist_ok=True)
     lines: dict[str, list[str]] = {"train": [], "test": []}
@@ -103,7 +105,7 @@ def as_daisee(work: Path) -> Path:
     out = work / "daisee-tiny"
     if _done(out):
         return out
-    demo = ensure_demo("caer", work / "demo-caer-tiny", tiny=True)
+    demo = CAER_DEMO.ensure(work / "demo-caer-tiny", tiny=True)
     (out / "Labels").mkdir(parents=True, exist_ok=True)
     rows: dict[str, list[str]] = {"Train": [], "Validation": []}
     for i, (rel, _, label, _box) in enumerate(_demo_clips(demo)):
@@ -141,7 +143,7 @@ def as_imagefolder(work: Path) -> Path:
     out = work / "imagefolder-tiny"
     if _done(out):
         return out
-    demo = ensure_demo("incremental", work / "demo-inc-tiny", tiny=True)
+    demo = INCREMENTAL_DEMO.ensure(work / "demo-inc-tiny", tiny=True)
     for split in ("train", "test"):
         x, y, names = _incremental_arrays(demo, split)
         for i, (img, lab) in enumerate(zip(x, y)):
@@ -158,7 +160,7 @@ def as_imagenet_r(work: Path) -> Path:
     out = work / "imagenet-r-tiny"
     if _done(out):
         return out
-    demo = ensure_demo("incremental", work / "demo-inc-tiny", tiny=True)
+    demo = INCREMENTAL_DEMO.ensure(work / "demo-inc-tiny", tiny=True)
     base = out / "imagenet-r"
     (out / "imagenet_split").mkdir(parents=True, exist_ok=True)
     readme = []

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .errors import ClapkitError
+from ..errors import ClapkitError
 
 
 @click.group("cache")
@@ -27,11 +27,11 @@ def build_cmd(recipe: Path, overrides: tuple[str, ...], splits: tuple[str, ...],
     """Encode every split/stream of RECIPE's dataset with its backbone into the cache."""
     import torch
 
-    from . import cache as fc
-    from .build import build_component
-    from .interfaces import BuildContext
-    from .plugins import get_plugin_host
-    from .recipe import load_recipe
+    from .. import cache as fc
+    from ..build import build_component
+    from ..interfaces import BuildContext
+    from ..plugins import get_plugin_host
+    from ..recipe import load_recipe
 
     host = get_plugin_host()
     rec = load_recipe(recipe, host, overrides)       # also loads the recipe's plugin modules
@@ -76,7 +76,7 @@ def _device(name: str) -> str:
 @click.argument("file", type=click.Path(path_type=Path))
 def info_cmd(file: Path) -> None:
     """Shape, dtype, fingerprints, size, creation time and completeness of FILE."""
-    from .cache import info
+    from . import info
     if not file.exists():
         raise ClapkitError(f"cache file not found: {file}")
     for line in info(file).lines():
@@ -87,7 +87,7 @@ def info_cmd(file: Path) -> None:
 @click.argument("file", type=click.Path(path_type=Path))
 def verify_cmd(file: Path) -> None:
     """Re-check FILE's structure, counters, ids and values; exit 2 when it is unusable."""
-    from .cache import verify
+    from . import verify
     problem = verify(file)
     if problem:
         raise ClapkitError(f"{file}: {problem}")
