@@ -9,11 +9,11 @@ never sees a half-written PNG. matplotlib is imported lazily to keep ``import cl
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from .atomic import atomic_write
 
 __all__ = ["short_names", "save_figure_atomic", "plot_confusion", "plot_accuracy_matrix",
            "plot_learning_curves"]
@@ -42,18 +42,8 @@ def _new_figure(width: float, height: float) -> Any:
 
 
 def save_figure_atomic(fig: Any, path: str | Path, dpi: int = 100) -> Path:
-    """Write ``fig`` as PNG to ``path`` via a temp file in the same folder + ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png.tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=dpi)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``fig`` as PNG to ``path`` atomically (:func:`clapkit.atomic.atomic_write`)."""
+    return atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=dpi))
 
 
 def plot_confusion(confusion: Sequence[Sequence[int]], class_names: Sequence[str] | None,

@@ -6,13 +6,17 @@ one: the model state, optimizer, scheduler and grad-scaler states, the RNG state
 (CPU and CUDA), numpy and python, the position (task, stage, epoch), best metrics, the
 accuracy matrix and the replay memory. The backbone's weights are stored only when some stage
 trained them (a frozen CLIP is rebuilt from its recipe instead of copied every epoch).
+
+Everything in it is a tensor or plain data (dicts, lists, numbers, strings), so it loads with
+``torch.load(weights_only=True)``: a crafted checkpoint cannot execute code on ``--resume``.
 """
 
 from __future__ import annotations
 
-import os
+import io
+import pickle
 import random
-import tempfile
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,42 +24,63 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..atomic import atomic_write
 from ..errors import ClapkitError
 
-FORMAT = 1
+#: 2: RNG states as tensors and lists, loadable with ``weights_only=True``
+FORMAT = 2
 
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to a temp file in the same folder, fsync, then ``os.replace``: readers
-    see the old file or the complete new one, never a torn write."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """``torch.save`` atomically (:func:`clapkit.atomic.atomic_write`). A checkpoint whose
+    model weights are not all finite is refused: NaN weights never replace a good file."""
+    bad = nonfinite(obj.get("model", {})) if isinstance(obj, dict) else []
+    if bad:
+        raise ClapkitError(f"refusing to write {Path(path).name}: non-finite values in "
+                           f"{', '.join(bad[:3])}" + (f" and {len(bad) - 3} more" if
+                                                      len(bad) > 3 else ""))
+    return atomic_write(path, lambda fh: torch.save(obj, fh))
+
+
+def nonfinite(state: dict[str, Any]) -> list[str]:
+    """Names of the floating-point tensors of ``state`` holding NaN or infinity."""
+    return [k for k, v in state.items()
+            if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
 
 
 def load(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint with ``torch.load(weights_only=True)``: only tensors and plain
+    containers are unpickled, so a crafted file can never run code; it is refused with one
+    line naming what it tried to load."""
     path = Path(path)
     if not path.is_file():
         raise ClapkitError(f"no checkpoint to resume from: {path} does not exist "
                            "(run without --resume to start afresh)")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        what = re.search(r"GLOBAL ([\w.]+)|[Uu]nsupported operand \S+", str(exc))
+        found = (what.group(1) or what.group(0)) if what else "an unknown pickle opcode"
+        raise ClapkitError(f"checkpoint {path} refused: it holds Python objects other than "
+                           f"tensors and plain data ({found}); "
+                           "a checkpoint is never allowed to run code") from None
     except Exception as exc:  # noqa: BLE001 - a damaged file is a user-facing problem
-        raise ClapkitError(f"checkpoint {path} cannot be read: {type(exc).__name__}: {exc}") \
-            from exc
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ClapkitError(f"{path} is not a clapkit checkpoint (format {FORMAT})")
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ClapkitError(f"checkpoint {path} cannot be read: {type(exc).__name__}: "
+                           f"{first}") from None
+    if not isinstance(state, dict) or "format" not in state:
+        raise ClapkitError(f"{path} is not a clapkit checkpoint")
+    if state.get("format") != FORMAT:
+        raise ClapkitError(f"{path} is a clapkit checkpoint of format {state.get('format')!r}; "
+                           f"this version reads format {FORMAT} (start a new run)")
     return state
+
+
+def dumps(obj: Any) -> bytes:
+    """``torch.save`` into bytes (tests and in-memory round trips)."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
 
 
 # --- model state ----------------------------------------------------------------------------
@@ -76,11 +101,17 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], *,
                            f"({'missing' if missing else 'unexpected'} keys: {', '.join(bad)})")
 
 
-# --- RNG ------------------------------------------------------------------------------------
+# --- RNG (tensors, ints and lists only: weights_only-loadable) ----------------------------
 
 def rng_state() -> dict[str, Any]:
-    out: dict[str, Any] = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-                           "python": random.getstate()}
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, py_state, py_gauss = random.getstate()
+    out: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, np.int64)),
+                  "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "python": {"version": int(version), "state": [int(x) for x in py_state],
+                   "gauss": py_gauss}}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         out["cuda"] = torch.cuda.get_rng_state_all()
     return out
@@ -88,7 +119,10 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["gauss"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
