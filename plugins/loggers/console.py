@@ -5,6 +5,12 @@ them. Only rank 0 prints. Accuracies arrive as fractions and are shown as percen
 
 The last line mentioning "UAR" that a run prints is ``final valid UAR <x> | WAR <y>``: scripts
 that grep the final score rely on the first number after "UAR" on that line.
+
+Class-incremental runs: after every task the accuracy matrix R[t][j] so far is printed as a
+table (with the seen-class accuracy per row), then task-aware accuracy and ECE, and the
+novel-class detection table (AUROC / AUPR / FPR95 per score) when the task's metrics hold
+``ood/<score>/<metric>`` entries (:mod:`clapkit.ood`); the run summary adds average
+incremental accuracy, last accuracy, forgetting, BWT and task-aware accuracy.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from tqdm import tqdm
 
 from clapkit import hookimpl
 from clapkit.interfaces import BuildContext
+from clapkit.ood import OOD_METRICS, parse_ood_metrics
 from clapkit.plotting import short_names
 
 
@@ -87,11 +94,45 @@ def format_confusion(confusion: list[list[int]], class_names: list[str] | None,
     return "\n".join(lines)
 
 
+def format_accuracy_matrix(rows: list[list[float]], acc_seen: list[float] | None = None
+                           ) -> str:
+    """R[t][j] in percent as an aligned table: one row per learned task t, one column per
+    task j (blank above the diagonal), plus the accuracy on all seen classes per row."""
+    n = max((len(r) for r in rows), default=0)
+    seen = list(acc_seen or [])
+    head = ["after\\on"] + [f"t{j}" for j in range(n)] + (["seen"] if seen else [])
+    body = []
+    for t, row in enumerate(rows):
+        cells = [f"t{t}"] + [_pct(row[j]) if j < len(row) else "" for j in range(n)]
+        if seen:
+            cells.append(_pct(seen[t]) if t < len(seen) else "")
+        body.append(cells)
+    widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
+    lines = [" ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in
+                      enumerate(zip(r, widths))).rstrip() for r in [head, *body]]
+    return "accuracy matrix R[t][j] (%)\n" + "\n".join(lines)
+
+
+def format_ood_table(table: dict[str, dict[str, float]], title: str = "") -> str:
+    """Novel-class detection table: one row per score, AUROC / AUPR / FPR95 in percent."""
+    names = {"auroc": "AUROC", "aupr": "AUPR", "fpr95": "FPR95"}
+    width = max([5] + [len(s) for s in table])
+    lines = [title or "novel-class detection (ID = seen tasks, OOD = future tasks)",
+             "score".ljust(width) + "".join(names[m].rjust(8) for m in OOD_METRICS)]
+    for score, row in table.items():
+        lines.append(score.ljust(width)
+                     + "".join(_pct(row.get(m)).rjust(8) for m in OOD_METRICS))
+    return "\n".join(lines)
+
+
 class ConsoleLogger:
     """Human-readable progress on stdout (rank 0 only)."""
 
     def __init__(self, cfg: ConsoleConfig) -> None:
         self.cfg = cfg
+        # accuracy matrix rows seen in task-end metrics (incremental runs)
+        self.acc_rows: dict[int, list[float]] = {}
+        self.acc_seen: dict[int, float] = {}
 
     @staticmethod
     def _active(run: Any) -> bool:
@@ -167,6 +208,32 @@ class ConsoleLogger:
         if per_task:
             line += " | per task " + " ".join(f"{j}:{_pct(v)}" for j, v in per_task)
         self._write(line + " ===")
+        if getattr(run, "num_tasks", 1) > 1 and per_task:
+            self._incremental_report(task, metrics, per_task)
+
+    def _incremental_report(self, task: int, metrics: dict[str, Any],
+                            per_task: list[tuple[int, Any]]) -> None:
+        """The accuracy matrix so far, task-aware accuracy, ECE and the OOD table."""
+        full = metrics.get("accuracy_matrix")
+        if isinstance(full, list) and full and all(isinstance(r, list) for r in full):
+            self.acc_rows = {t: list(r) for t, r in enumerate(full)}
+        else:
+            self.acc_rows[task] = [v for _, v in per_task]
+        self.acc_seen[task] = metrics.get("acc_seen", math.nan)
+        last = max(self.acc_rows)
+        rows = [self.acc_rows.get(t, []) for t in range(last + 1)]
+        seen = [self.acc_seen.get(t, math.nan) for t in range(last + 1)]
+        self._write(format_accuracy_matrix(rows, seen))
+        extra = [(label, metrics[k]) for k, label in
+                 (("task_aware_acc", "task-aware acc"), ("ece", "ECE"))
+                 if k in metrics]
+        if extra:
+            self._write(" | ".join(f"{label} {_pct(v)}" for label, v in extra))
+        table = parse_ood_metrics(metrics)
+        if table:
+            self._write(format_ood_table(
+                table, f"novel-class detection after task {task} (ID = tasks 0..{task}, "
+                       "OOD = future tasks)"))
 
     @hookimpl
     def clapkit_checkpoint_saved(self, run: Any, path: str) -> None:
@@ -180,7 +247,10 @@ class ConsoleLogger:
         self._write("=== run summary ===")
         inc = [(label, summary[k]) for k, label in
                (("avg_incremental_acc", "avg incremental acc"), ("last_acc", "last acc"),
-                ("forgetting", "forgetting"), ("bwt", "BWT")) if k in summary]
+                ("forgetting", "forgetting"), ("bwt", "BWT"),
+                ("avg_task_aware_acc", "avg task-aware acc"),
+                ("last_task_aware_acc", "last task-aware acc"), ("last_ece", "last ECE"))
+               if k in summary]
         if inc:
             self._write(" | ".join(f"{label} {_pct(v)}" for label, v in inc))
         if "best/valid_war" in summary or "best/valid_uar" in summary:

@@ -5,12 +5,20 @@
   ``confusion_latest.png``;
 * at stage, task and run end: ``learning_curves.png`` (train/valid WAR and UAR per epoch);
 * at task and run end: ``accuracy_matrix.png``, the heatmap of R[t][j] built from the
-  ``acc_task/<j>`` entries of each task's metrics.
+  ``acc_task/<j>`` entries of each task's metrics, and ``<out_dir>/accuracy_matrix.json``
+  (atomic): ``rows`` R[t][j], ``acc_seen``, ``task_aware`` and ``ece`` per task, the
+  derived ``summary`` (average incremental / last accuracy, forgetting, BWT, ...) and the
+  novel-class detection table of each task (``ood``: ``{task: {score: {auroc, aupr,
+  fpr95}}}``).
 """
 
 from __future__ import annotations
 
+import json
+import math
+import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +26,8 @@ import attrs
 
 from clapkit import hookimpl
 from clapkit.interfaces import BuildContext
+from clapkit.metrics import AccuracyMatrix
+from clapkit.ood import parse_ood_metrics
 from clapkit.plotting import plot_accuracy_matrix, plot_confusion, plot_learning_curves
 
 
@@ -33,6 +43,37 @@ class PlotsConfig:
     subdir: str = attrs.field(default="plots", validator=attrs.validators.min_len(1))
 
 
+def _finite(v: Any) -> Any:
+    """JSON-safe copy: non-finite floats become null."""
+    if isinstance(v, dict):
+        return {str(k): _finite(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_finite(x) for x in v]
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(_finite(obj), fh, indent=2, allow_nan=False)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _float(v: Any) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
 def _safe(name: str) -> str:
     """Stage names into file names: anything but letters, digits, '-' and '_' becomes '_'."""
     return re.sub(r"[^A-Za-z0-9_-]+", "_", str(name)) or "stage"
@@ -45,6 +86,9 @@ class PlotsLogger:
         self.cfg = cfg
         self.history: list[dict[str, Any]] = []
         self.acc_rows: dict[int, list[float]] = {}
+        # per-task scalars for accuracy_matrix.json: acc_seen, task_aware_acc, ece
+        self.task_scalars: dict[int, dict[str, float]] = {}
+        self.ood: dict[int, dict[str, dict[str, float]]] = {}
 
     def _dir(self, run: Any) -> Path | None:
         if getattr(run, "rank", 0) != 0:
@@ -62,6 +106,25 @@ class PlotsLogger:
             return
         rows = [self.acc_rows.get(t, []) for t in range(max(self.acc_rows) + 1)]
         plot_accuracy_matrix(rows, out / "accuracy_matrix.png", dpi=self.cfg.dpi)
+        self._accuracy_json(run, rows)
+
+    def _accuracy_json(self, run: Any, rows: list[list[float]]) -> None:
+        """``<out_dir>/accuracy_matrix.json``; the derived summary only when every row up to
+        the last task is known (a resumed run may lack the early rows' scalars)."""
+        n = len(rows)
+        sc = [self.task_scalars.get(t, {}) for t in range(n)]
+        data: dict[str, Any] = {
+            "rows": rows, "acc_seen": [s.get("acc_seen", math.nan) for s in sc],
+            "task_aware": [s.get("task_aware_acc", math.nan) for s in sc],
+            "ece": [s.get("ece", math.nan) for s in sc],
+            "ood": {str(t): tab for t, tab in sorted(self.ood.items())}}
+        if all(len(r) == t + 1 for t, r in enumerate(rows)):
+            m = AccuracyMatrix()
+            for t, (row, s) in enumerate(zip(rows, sc)):
+                m.update(t, row, s.get("acc_seen", math.nan),
+                         task_aware=s.get("task_aware_acc"), ece=s.get("ece"))
+            data["summary"] = m.summary()
+        _write_json_atomic(Path(run.out_dir) / "accuracy_matrix.json", data)
 
     @hookimpl
     def clapkit_epoch_end(self, run: Any, task: int, stage: str, epoch: int,
@@ -93,10 +156,18 @@ class PlotsLogger:
     def clapkit_task_end(self, run: Any, task: int, metrics: dict[str, Any]) -> None:
         if self._dir(run) is None:
             return
-        per_task = sorted((int(k.split("/", 1)[1]), float(v)) for k, v in metrics.items()
+        per_task = sorted((int(k.split("/", 1)[1]), _float(v)) for k, v in metrics.items()
                           if k.startswith("acc_task/"))
-        if per_task:
+        full = metrics.get("accuracy_matrix")
+        if isinstance(full, list) and full and all(isinstance(r, list) for r in full):
+            self.acc_rows = {t: [_float(v) for v in r] for t, r in enumerate(full)}
+        elif per_task:
             self.acc_rows[task] = [v for _, v in per_task]
+        self.task_scalars[task] = {k: _float(metrics[k]) for k in
+                                   ("acc_seen", "task_aware_acc", "ece") if k in metrics}
+        table = parse_ood_metrics(metrics)
+        if table:
+            self.ood[task] = table
         self._accuracy_matrix(run)
         self._curves(run)
 
