@@ -140,7 +140,9 @@ def test_manual_towers_equal_encoders_without_prompts(tiny):
         i = tiny.encode_image_prompted(x, None)
         i_empty = tiny.encode_image_prompted(x, [])
     assert tiny.token_embedding(tokens).shape == (3, 77, tiny.text_width)
-    assert (t - t_ref).abs().max().item() == 0.0
+    # the manual text pass skips the padding after the last EOT (causal mask): same maths,
+    # float round-off only
+    assert (t - t_ref).abs().max().item() < 1e-5
     assert (i - i_ref).abs().max().item() == 0.0
     assert (i_empty - i_ref).abs().max().item() == 0.0
 
@@ -260,7 +262,7 @@ def test_custom_text_clip_towers(tmp_path):
     with torch.no_grad():
         ref = bb.encode_text(tokens)
         out = bb.encode_text_embedded(bb.token_embedding(tokens), tokens)
-    assert (out - ref).abs().max().item() == 0.0
+    assert (out - ref).abs().max().item() < 1e-5
     assert bb.text_width == 32
 
 

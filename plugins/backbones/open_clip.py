@@ -278,6 +278,13 @@ class OpenClipBackbone(Backbone):
         tokens = tokens.to(self.device)
         deep = _check_deep(deep_prompts, self.text_layers, "text")
         cast = t.transformer.get_cast_dtype()
+        pool = getattr(t, "text_pool_type", None) or getattr(t, "pool_type", "argmax")
+        if pool == "argmax" and t.attn_mask is not None and not getattr(t, "use_pad_mask", False):
+            # causal attention + pooling at EOT: the padding after the last EOT of the batch
+            # cannot reach any pooled position, so it is not computed (same result, and a
+            # short class prompt costs ~10 positions instead of 77)
+            keep = int(tokens.argmax(dim=-1).max()) + 1
+            embeddings, tokens = embeddings[:, :keep], tokens[:, :keep]
         seq = embeddings.shape[1]
         if deep and deep[0] is not None:
             embeddings = _replace_after_sot(embeddings, deep[0])
@@ -293,7 +300,6 @@ class OpenClipBackbone(Backbone):
                 x = _replace_after_sot(x, deep[j])
             x = block(x, attn_mask=mask)
         x = t.ln_final(x)
-        pool = getattr(t, "text_pool_type", None) or getattr(t, "pool_type", "argmax")
         eos = getattr(t, "text_eos_id", None) or getattr(t, "eos_id", None)
         x = open_clip.transformer.text_global_pool(x, tokens, pool, eos_token_id=eos)
         proj = t.text_projection
