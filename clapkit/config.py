@@ -10,6 +10,7 @@ table back (``None`` fields are left out, since TOML has no null).
 from __future__ import annotations
 
 import collections.abc
+import math
 import types
 import typing
 from collections.abc import Callable
@@ -46,7 +47,8 @@ def structure(cls: type, table: dict[str, Any], *, file: FileOf, key: str) -> An
         sub = f"{key}.{name}" if key else name
         if name not in fields:
             raise RecipeError(_at(file, sub), sub, "unknown key", allowed=fields, got=name)
-        kwargs[name] = convert(hints.get(name, Any), value, file=file, key=sub)
+        kwargs[name] = convert(hints.get(name, Any), value, file=file, key=sub,
+                               finite=not fields[name].metadata.get("allow_nonfinite", False))
     missing = [n for n, f in fields.items()
                if f.default is attrs.NOTHING and n not in kwargs and f.init]
     if missing:
@@ -55,11 +57,31 @@ def structure(cls: type, table: dict[str, Any], *, file: FileOf, key: str) -> An
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
-        raise RecipeError(_at(file, key), key, f"invalid value: {exc}") from None
+        bad = _culprit(cls, kwargs)
+        sub = f"{key}.{bad}" if key and bad else (bad or key)
+        raise RecipeError(_at(file, sub), sub, f"invalid value: {exc}") from None
 
 
-def convert(tp: Any, value: Any, *, file: FileOf, key: str) -> Any:
-    """Convert one TOML value to type ``tp`` or raise a RecipeError naming ``key``."""
+def _culprit(cls: type, kwargs: dict[str, Any]) -> str | None:
+    """The one optional key whose removal makes ``cls(**kwargs)`` valid (so a validator
+    failure is reported where that key was set, e.g. on the command line), else None."""
+    found = []
+    for name in kwargs:
+        try:
+            cls(**{k: v for k, v in kwargs.items() if k != name})
+        except (TypeError, ValueError):
+            continue
+        found.append(name)
+    return found[0] if len(found) == 1 else None
+
+
+def convert(tp: Any, value: Any, *, file: FileOf, key: str, finite: bool = True) -> Any:
+    """Convert one TOML value to type ``tp`` or raise a RecipeError naming ``key``.
+
+    Floats must be finite (``nan``/``inf`` are valid TOML but never a meant learning rate or
+    weight) unless ``finite`` is false: a field opts out with
+    ``attrs.field(metadata={"allow_nonfinite": True})``.
+    """
     if tp is Any or tp is object:
         return value
     origin = get_origin(tp)
@@ -78,7 +100,7 @@ def convert(tp: Any, value: Any, *, file: FileOf, key: str) -> Any:
             if arg is type(None):
                 continue
             try:
-                return convert(arg, value, file=file, key=key)
+                return convert(arg, value, file=file, key=key, finite=finite)
             except RecipeError as exc:
                 errors.append(exc.problem)
         raise RecipeError(_at(file, key), key, "; ".join(errors) or f"invalid value {value!r}")
@@ -90,14 +112,15 @@ def convert(tp: Any, value: Any, *, file: FileOf, key: str) -> Any:
             raise RecipeError(_at(file, key), key, f"expected {len(args)} values, got {len(value)}")
         item_t = args[0] if args else Any
         items = [convert(args[i] if origin is tuple and args and args[-1] is not Ellipsis
-                         else item_t, v, file=file, key=f"{key}[{i}]")
+                         else item_t, v, file=file, key=f"{key}[{i}]", finite=finite)
                  for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if origin is dict:
         if not isinstance(value, dict):
             raise RecipeError(_at(file, key), key, f"expected a table, got {_tname(value)}")
         kt, vt = (get_args(tp) + (Any, Any))[:2]
-        return {k: convert(vt, v, file=file, key=f"{key}.{k}") for k, v in value.items()}
+        return {k: convert(vt, v, file=file, key=f"{key}.{k}", finite=finite)
+                for k, v in value.items()}
     if isinstance(tp, type) and attrs.has(tp):
         return structure(tp, value, file=file, key=key)
     if tp is bool:
@@ -111,6 +134,8 @@ def convert(tp: Any, value: Any, *, file: FileOf, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise RecipeError(_at(file, key), key, f"expected a number, got {value!r}")
+        if finite and not math.isfinite(value):
+            raise RecipeError(_at(file, key), key, f"expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):

@@ -7,12 +7,37 @@ own options. The other sections are plain configs.
 
 from __future__ import annotations
 
+import logging
+import os
 from typing import Literal
 
 import attrs
 
-_positive = attrs.validators.gt(0)
-_non_negative = attrs.validators.ge(0)
+from . import validators as v
+
+log = logging.getLogger("clapkit.recipe")
+
+_positive = v.positive()
+_non_negative = v.non_negative()
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (affinity and cgroup-pinned sets included)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def _bounded_workers(value: object) -> object:
+    """``data.num_workers`` above the machine's CPUs is clamped with a warning (each
+    worker is a process holding a copy of the dataset: 100000 of them exhaust memory)."""
+    cpus = available_cpus()
+    if isinstance(value, int) and not isinstance(value, bool) and value > cpus:
+        log.warning("data.num_workers = %d exceeds the %d CPUs available; using %d",
+                    value, cpus, cpus)
+        return cpus
+    return value
 
 
 # --- core keys of component sections -----------------------------------------------------
@@ -27,11 +52,13 @@ class DataKeys:
     """Loader options of ``[data]`` (the dataset plugin's options sit beside them)."""
 
     batch_size: int = attrs.field(default=32, validator=_positive)
-    eval_batch_size: int | None = None
-    num_workers: int = attrs.field(default=0, validator=_non_negative)
-    train_split: str = "train"
-    valid_split: str | None = "valid"   # the split that selects the best model
-    test_split: str | None = None
+    eval_batch_size: int | None = attrs.field(default=None, validator=v.positive(optional=True))
+    # clamped to the CPUs available (with a warning)
+    num_workers: int = attrs.field(default=0, converter=_bounded_workers,
+                                   validator=_non_negative)
+    train_split: str = attrs.field(default="train", validator=v.non_empty)
+    valid_split: str | None = attrs.field(default="valid", validator=v.non_empty)  # selects best
+    test_split: str | None = attrs.field(default=None, validator=v.non_empty)
     weighted_sampler: bool = False      # WeightedRandomSampler by inverse class frequency
     # training reads random frames per segment through the train transform; false = the
     # eval pipeline (segment centres, centre crop) for training too
@@ -42,14 +69,15 @@ class DataKeys:
 class AdapterKeys:
     """``streams``: which streams an image/video adapter serves (default: all)."""
 
-    streams: list[str] | None = None
+    streams: list[str] | None = attrs.field(default=None, validator=v.each(v.non_empty,
+                                                                            min_len=1))
 
 
 @attrs.frozen
 class HeadKeys:
     """``view``: the prompt view the head classifies against (default: the first prompt)."""
 
-    view: str | None = None
+    view: str | None = attrs.field(default=None, validator=v.non_empty)
 
 
 @attrs.frozen
@@ -60,7 +88,7 @@ class LossKeys:
     epochs (seed 002's ``--mi-warmup/--mi-ramp``, ``--dc-warmup/--dc-ramp``).
     """
 
-    weight: float = 1.0
+    weight: float = attrs.field(default=1.0, validator=_non_negative)
     warmup: int = attrs.field(default=0, validator=_non_negative)
     ramp: int = attrs.field(default=0, validator=_non_negative)
 
@@ -77,16 +105,17 @@ class LossKeys:
 
 @attrs.frozen
 class RunConfig:
-    name: str = "run"
-    seed: int = 0
+    name: str = attrs.field(default="run", validator=v.name)   # a name, never a path
+    seed: int = attrs.field(default=0, validator=v.number(0, v.MAX_SEED))
     deterministic: bool = False
-    device: str = "auto"                       # auto | cpu | cuda | cuda:N
-    out_dir: str = "runs/{name}"
+    device: str = attrs.field(default="auto", validator=v.choice_pattern(
+        r"auto|cpu|mps|cuda(:\d+)?", ["auto", "cpu", "cuda", "cuda:N", "mps"]))
+    out_dir: str = attrs.field(default="runs/{name}", validator=v.non_empty)
     use_amp: bool = False
     amp_dtype: Literal["auto", "float16", "bfloat16"] = "auto"  # auto: bf16 CPU, fp16 CUDA
     grad_clip: float = attrs.field(default=0.0, validator=_non_negative)   # 0 = off
     mixup_alpha: float = attrs.field(default=0.0, validator=_non_negative)  # 0 = off
-    num_samples: int = attrs.field(default=1, validator=_positive)  # MC samples (forward_times)
+    num_samples: int = attrs.field(default=1, validator=v.number(1, 10_000))  # forward_times
     eval_every: int = attrs.field(default=1, validator=_positive)
     progress: bool = True
 
@@ -95,9 +124,10 @@ class RunConfig:
 class ScenarioConfig:
     """Classes split into tasks; none given = plain training (one task with every class)."""
 
-    task_to_cls_num: list[int] | None = None
+    task_to_cls_num: list[int] | None = attrs.field(default=None,
+                                                   validator=v.each(_positive, min_len=1))
     class_order: Literal["given", "shuffled"] = "given"
-    class_order_seed: int = 1993
+    class_order_seed: int = attrs.field(default=1993, validator=v.number(0, v.MAX_SEED))
 
 
 @attrs.frozen
@@ -109,18 +139,20 @@ class MemoryConfig:
 class StageConfig:
     """One training stage: which parameters train (globs over component names), how long."""
 
-    name: str
-    train: list[str]
-    epochs: int = attrs.field(default=1, validator=_non_negative)
+    name: str = attrs.field(validator=v.name)
+    train: list[str] = attrs.field(validator=v.each(v.non_empty, min_len=1))
+    epochs: int = attrs.field(default=1, validator=v.number(0, 1_000_000))
     lr: float = attrs.field(default=1e-3, validator=_positive)
-    lr_groups: dict[str, float] = attrs.field(factory=dict)    # glob -> lr override
+    lr_groups: dict[str, float] = attrs.field(factory=dict,     # glob -> lr override
+                                              validator=v.each(_positive))
     optimizer: Literal["sgd", "adamw"] = "adamw"
     weight_decay: float = attrs.field(default=0.0, validator=_non_negative)
-    momentum: float = 0.9
+    momentum: float = attrs.field(default=0.9, validator=v.number(0, 1, hi_open=True))
     scheduler: Literal["none", "cosine", "multistep"] = "cosine"
     warmup_epochs: float = attrs.field(default=0.0, validator=_non_negative)
-    milestones: list[int] = attrs.field(factory=list)
-    gamma: float = 0.1
+    milestones: list[int] = attrs.field(factory=list, validator=[v.each(_non_negative),
+                                                                 v.increasing])
+    gamma: float = attrs.field(default=0.1, validator=v.number(0, 1, lo_open=True))
 
 
 @attrs.frozen
@@ -128,7 +160,7 @@ class CacheConfig:
     """HDF5 feature cache (DESIGN.md section 5)."""
 
     enabled: Literal["auto", "on", "off"] = "auto"
-    dir: str = ".clapkit_cache"
+    dir: str = attrs.field(default=".clapkit_cache", validator=v.non_empty)
     # augmented views per train item; 1 = train on the eval-transform features (one cache
     # per split), K > 1 = K train-mode views (random frames + train transform), epoch e
     # reads view e % K

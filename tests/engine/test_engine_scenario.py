@@ -43,7 +43,7 @@ def test_shuffled_order_comes_from_the_seed_and_labels_are_remapped():
 def test_bad_task_sizes_are_recipe_errors():
     with pytest.raises(RecipeError, match="task_to_cls_num"):
         make_scenario(ScenarioConfig(task_to_cls_num=[2, 2]), 5)
-    with pytest.raises(RecipeError, match="task_to_cls_num"):
+    with pytest.raises(ValueError, match="task_to_cls_num"):   # the section's validator
         make_scenario(ScenarioConfig(task_to_cls_num=[5, 0]), 5)
     assert make_scenario(ScenarioConfig(), 5).sizes == (5,)
 
