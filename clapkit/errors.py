@@ -26,7 +26,9 @@ class RecipeError(ClapkitError):
 
     def _render(self) -> str:
         where = self.file or "<recipe>"
-        if self.key:
+        if self.file == "--set" and self.key:
+            where = f"--set {self.key}"       # an override: name it as typed
+        elif self.key and not where.startswith("--set "):
             where += f": {self.key}"
         msg = f"{where}: {self.problem}"
         if self.allowed is not None:

@@ -7,10 +7,23 @@ section against its attrs class and every component table against its plugin's c
 Each key remembers the file that set it, so errors name the right file even through
 ``extends``. ``Recipe.to_toml()`` is the fully resolved recipe; loading it gives an equal
 ``Recipe`` back.
+
+Composition rules (documented in README.md, "Writing a recipe"):
+
+* a child (``extends``) or ``--set`` that changes a component table's ``plugin`` drops the
+  parent's options of the old plugin (the section's core keys, e.g. ``data.batch_size`` or
+  ``head.view``, are kept); same plugin: options are inherited and overridden key by key;
+* ``--set stages.NAME.key=v`` and ``--set stages.INDEX.key=v`` reach one ``[[stages]]`` table;
+* relative filesystem paths (``run.out_dir``, ``cache.dir``, ``data.root``, a
+  ``backbone.pretrained`` checkpoint path, any plugin option declared with
+  :data:`PATH_OPTION`) resolve against the **working directory** when the recipe is loaded, so
+  the resolved recipe (``recipe show``, ``RUN_DIR/recipe.toml``) holds absolute paths and means
+  the same thing from any folder. ``extends`` alone is relative to the file that names it.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -41,6 +54,22 @@ PLAIN_SECTIONS: dict[str, type] = {
     "run": RunConfig, "scenario": ScenarioConfig, "memory": MemoryConfig, "cache": CacheConfig,
 }
 TOP_KEYS = ("extends", "plugins", "stages", *PLAIN_SECTIONS, *COMPONENT_SECTIONS)
+
+#: attrs field metadata of a plugin option that is a filesystem path: relative values resolve
+#: against the working directory at load time, e.g. ``root: str = attrs.field(metadata=
+#: PATH_OPTION)``. ``MAYBE_PATH_OPTION``: the value is a path only when it looks like one
+#: (holds a ``/``, starts with ``.`` or ``~``, or ends in a checkpoint suffix); otherwise it
+#: is a name (e.g. an open_clip pretrained tag) and is kept as written.
+PATH_OPTION: dict[str, str] = {"clapkit_path": "always"}
+MAYBE_PATH_OPTION: dict[str, str] = {"clapkit_path": "maybe"}
+#: paths among the core's own keys: (section, field)
+CORE_PATH_KEYS = (("run", "out_dir"), ("cache", "dir"))
+#: plugin options that are paths by convention, per kind (metadata on a field wins)
+CONVENTIONAL_PATHS: dict[str, dict[str, str]] = {
+    "dataset": {"root": "always"},
+    "backbone": {"pretrained": "maybe", "cache_dir": "always"},
+}
+_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
 
 
 @attrs.frozen
@@ -134,6 +163,9 @@ def read_raw(path: str | Path, _chain: tuple[Path, ...] = ()) -> tuple[dict[str,
         table = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise RecipeError(shown, None, f"not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise RecipeError(shown, None, f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x} "
+                          f"at offset {exc.start}); TOML files are UTF-8") from None
     prov: Provenance = {}
     _stamp(table, (), shown, prov)
     parent = table.pop("extends", None)
@@ -142,8 +174,9 @@ def read_raw(path: str | Path, _chain: tuple[Path, ...] = ()) -> tuple[dict[str,
     if not isinstance(parent, str):
         raise RecipeError(shown, "extends", "expected a path string")
     base, base_prov = read_raw(path.parent / parent, (*_chain, resolved))
+    merged = merge_recipe(base, table, base_prov)
     base_prov.update(prov)
-    return deep_merge(base, table), base_prov
+    return merged, base_prov
 
 
 def _stamp(table: dict[str, Any], prefix: tuple[str, ...], file: str, prov: Provenance) -> None:
@@ -164,6 +197,60 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def component_table_keys(path: tuple[str, ...]) -> type | None:
+    """The core-key class when ``path`` names a component table (``("head",)``,
+    ``("prompts", "desc")``), else None."""
+    if not path or path[0] not in COMPONENT_SECTIONS:
+        return None
+    _, keys_cls, named, _ = COMPONENT_SECTIONS[path[0]]
+    return keys_cls if len(path) == (2 if named else 1) else None
+
+
+def _drop_plugin_options(table: dict[str, Any], path: tuple[str, ...], keys_cls: type,
+                         prov: Provenance, keep: Any = lambda key: False) -> dict[str, Any]:
+    """``table`` without the options of its plugin (core keys, ``plugin`` and the keys for
+    which ``keep(prov_key)`` holds stay); their provenance goes too."""
+    core = set(field_names(keys_cls)) | {"plugin"}
+    out = {}
+    for k, v in table.items():
+        key = (*path, k)
+        if k in core or keep(key):
+            out[k] = v
+            continue
+        for pk in [pk for pk in prov if pk[:len(key)] == key]:
+            del prov[pk]
+    return out
+
+
+def merge_recipe(base: dict[str, Any], over: dict[str, Any],
+                 base_prov: Provenance) -> dict[str, Any]:
+    """``deep_merge`` of a child recipe over its parent, except that a component table
+    whose ``plugin`` the child changes loses the parent's plugin options (they belong to the
+    old plugin: ``[head] plugin = "cosine"`` must not inherit the IEC head's options)."""
+    base = dict(base)
+    for key in over:
+        if key not in COMPONENT_SECTIONS or not isinstance(base.get(key), dict) \
+                or not isinstance(over[key], dict):
+            continue
+        named = COMPONENT_SECTIONS[key][2]
+        tables = ([((key, n), over[key][n]) for n in over[key]] if named
+                  else [((key,), over[key])])
+        section = dict(base[key])
+        for path, child in tables:
+            parent = section.get(path[-1]) if named else section
+            if not (isinstance(parent, dict) and isinstance(child, dict)):
+                continue
+            if "plugin" in child and parent.get("plugin", child["plugin"]) != child["plugin"]:
+                kept = _drop_plugin_options(parent, path, component_table_keys(path),  # type: ignore[arg-type]
+                                            base_prov)
+                if named:
+                    section[path[-1]] = kept
+                else:
+                    section = kept
+        base[key] = section
+    return deep_merge(base, over)
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``"a.b=value"`` -> (["a", "b"], value); value in TOML syntax, else a bare string."""
     if "=" not in text:
@@ -179,19 +266,94 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return parts, value
 
 
+def _stage_index(table: dict[str, Any], sel: str, dotted: str) -> int:
+    """The index of the stage that ``sel`` (a name or a 0-based index) names."""
+    stages = table.get("stages")
+    if not isinstance(stages, list) or not stages:
+        raise RecipeError("--set", dotted, "the recipe has no [[stages]] to set a key of")
+    names = [s.get("name") if isinstance(s, dict) else None for s in stages]
+    if sel.isdigit():
+        idx = int(sel)
+        if idx >= len(stages):
+            raise RecipeError("--set", dotted, f"stage index {idx} is out of range (the recipe "
+                              f"has {len(stages)} stages: {', '.join(map(str, names))})")
+        return idx
+    if sel not in names:
+        raise RecipeError("--set", dotted, f"no stage named '{sel}'",
+                          allowed=[str(n) for n in names] + [str(i) for i in range(len(names))],
+                          got=sel)
+    return names.index(sel)
+
+
 def apply_overrides(table: dict[str, Any], prov: Provenance,
                     overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Apply ``--set`` overrides in order (see the module docstring for stages and plugin
+    swaps); provenance of each key set is ``"--set KEY"`` so errors name the override."""
     for text in overrides:
         parts, value = parse_override(text)
-        node = table
-        for i, p in enumerate(parts[:-1]):
+        dotted = ".".join(parts)
+        source = f"--set {dotted}"
+        if parts[0] == "extends":
+            raise RecipeError("--set", "extends", "extends cannot be overridden from the "
+                              "command line (it decides which files are read); write a recipe "
+                              "that extends the one you want")
+        if parts[0] == "stages" and len(parts) > 1:
+            if len(parts) < 3:
+                raise RecipeError("--set", dotted, "name a key of the stage, e.g. "
+                                  f"stages.{parts[1]}.epochs=2")
+            idx = _stage_index(table, parts[1], dotted)
+            node = table["stages"][idx]
+            path: tuple[str, ...] = ("stages", str(idx))
+            rest = parts[2:]
+        else:
+            node, path, rest = table, (), parts
+        for p in rest[:-1]:
+            path = (*path, p)
             nxt = node.setdefault(p, {})
             if not isinstance(nxt, dict):
-                raise RecipeError("--set", ".".join(parts[: i + 1]), "is not a table")
+                raise RecipeError("--set", ".".join(path), "is not a table")
             node = nxt
-        node[parts[-1]] = value
-        prov[tuple(parts)] = "--set"
+        keys_cls = component_table_keys(path)
+        if keys_cls is not None and rest[-1] == "plugin" and node.get("plugin") not in (
+                None, value):
+            kept = _drop_plugin_options(node, path, keys_cls, prov,
+                                        keep=lambda k: prov.get(k, "").startswith("--set"))
+            node.clear()
+            node.update(kept)
+        node[rest[-1]] = value
+        prov[(*path, rest[-1])] = source
+        if isinstance(value, dict):
+            _stamp(value, (*path, rest[-1]), source, prov)
     return table
+
+
+# --- paths ----------------------------------------------------------------------------------
+
+def looks_like_path(value: str) -> bool:
+    """True for values that name a file rather than a tag (see ``MAYBE_PATH_OPTION``)."""
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", value) and not re.match(r"^[A-Za-z]:[\\/]",
+                                                                         value):
+        return False   # a scheme such as hf-hub: is not a local path (C:\ is)
+    return ("/" in value or os.sep in value or value.startswith((".", "~"))
+            or value.lower().endswith(_CHECKPOINT_SUFFIXES))
+
+
+def resolve_path(value: str) -> str:
+    """A recipe path made absolute against the working directory (``~`` expanded)."""
+    return os.path.abspath(os.path.expanduser(value))
+
+
+def _resolved_config(config: Any, kind: str) -> Any:
+    changes = {}
+    usual = CONVENTIONAL_PATHS.get(kind, {})
+    for f in attrs.fields(type(config)):
+        mode = f.metadata.get("clapkit_path", usual.get(f.name))
+        value = getattr(config, f.name)
+        if not mode or not isinstance(value, str) or not value:
+            continue
+        if mode == "always" or (mode == "maybe" and looks_like_path(value)):
+            changes[f.name] = resolve_path(value)
+    return attrs.evolve(config, **changes) if changes else config
 
 
 # --- validation ---------------------------------------------------------------------------
@@ -213,7 +375,7 @@ def validate(table: dict[str, Any], prov: Provenance, host: PluginHost,
         return file
 
     def where_dotted(dotted: str) -> str:
-        return where(*[p for p in re.split(r"\.|\[\d+\]", dotted) if p])
+        return where(*re.findall(r"[^.\[\]]+", dotted))
 
     for k in table:
         if k not in TOP_KEYS:
@@ -227,6 +389,10 @@ def validate(table: dict[str, Any], prov: Provenance, host: PluginHost,
 
     plain = {k: structure(cls, table.get(k, {}), file=where_dotted, key=k)
              for k, cls in PLAIN_SECTIONS.items()}
+    for sec, name in CORE_PATH_KEYS:
+        value = getattr(plain[sec], name)
+        if value:
+            plain[sec] = attrs.evolve(plain[sec], **{name: resolve_path(value)})
 
     stages_raw = table.get("stages", [])
     if not isinstance(stages_raw, list):
@@ -297,6 +463,7 @@ def _component(section: str, kind: str, keys_cls: type, raw: dict[str, Any], fil
                               f"unknown key for {kind} plugin '{name}'",
                               allowed=["plugin", *core, *own], got=k)
     keys = structure(keys_cls, core_part, file=where_dotted, key=section)
-    config = structure(entry.config_cls, own_part, file=where_dotted, key=section)
+    config = _resolved_config(structure(entry.config_cls, own_part, file=where_dotted,
+                                        key=section), kind)
     return ComponentSpec(section=section, kind=kind, plugin=name, keys=keys, config=config,
                          file=file)

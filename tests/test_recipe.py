@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-import pytest
+import types
 
+import attrs
+import pytest
+from conftest import MINIMAL_RECIPE
+
+from clapkit import hookimpl
 from clapkit.errors import RecipeError
-from clapkit.recipe import load_recipe, read_raw, validate
+from clapkit.recipe import PATH_OPTION, load_recipe, read_raw, validate
 
 
 def test_minimal_recipe_loads_into_typed_configs(minimal_recipe, fake_host):
@@ -139,3 +144,125 @@ def test_recipe_plugin_modules_are_loaded(tmp_path, fake_host, minimal_recipe, m
 def test_loss_schedule_warmup_then_linear_ramp(minimal_recipe, fake_host):
     keys = load_recipe(minimal_recipe, fake_host).losses["mi"].keys
     assert [keys.weight_at(e) for e in range(5)] == [0.0, 0.25, 0.5, 0.5, 0.5]
+
+
+# --- composition: plugin swaps, stages, --set errors, paths ---------------------------------
+
+@attrs.frozen
+class OtherHeadConfig:
+    temperature: float = attrs.field(default=1.0, validator=attrs.validators.gt(0))
+
+
+@attrs.frozen
+class RootedDataConfig:
+    root: str = "data"
+    boxes: str = attrs.field(default="", metadata=PATH_OPTION)
+
+
+@pytest.fixture
+def swap_host(fake_host):
+    @hookimpl
+    def clapkit_register(registrar):
+        registrar.add("head", "other_head", lambda c, x: c, config=OtherHeadConfig)
+        registrar.add("dataset", "rooted", lambda c, x: c, config=RootedDataConfig)
+    fake_host.add_plugin(types.SimpleNamespace(clapkit_register=clapkit_register), "other",
+                         "other-dist")
+    return fake_host
+
+
+def _with_head_options(tmp_path):
+    base = tmp_path / "base.toml"
+    base.write_text(MINIMAL_RECIPE.replace('view = "soft"', 'view = "soft"\nsize = 3\nmode = "b"'))
+    return base
+
+
+def test_child_that_swaps_the_plugin_drops_the_parents_options(tmp_path, swap_host):
+    _with_head_options(tmp_path)
+    child = tmp_path / "child.toml"
+    child.write_text('extends = "base.toml"\n[head]\nplugin = "other_head"\ntemperature = 0.5\n')
+    r = load_recipe(child, swap_host)
+    assert r.head.plugin == "other_head" and r.head.config.temperature == 0.5
+    assert r.head.keys.view == "soft"          # a core key of [head] is kept
+
+
+def test_child_that_keeps_the_plugin_inherits_and_overrides(tmp_path, swap_host):
+    _with_head_options(tmp_path)
+    child = tmp_path / "child.toml"
+    child.write_text('extends = "base.toml"\n[head]\nplugin = "fake_head"\nsize = 9\n')
+    r = load_recipe(child, swap_host)
+    assert (r.head.config.size, r.head.config.mode) == (9, "b")
+
+
+def test_named_table_swap_in_child(tmp_path, swap_host, minimal_recipe):
+    child = tmp_path / "child.toml"
+    child.write_text('extends = "base.toml"\n[prompts.desc]\nplugin = "fake_prompt2"\n')
+    r = load_recipe(child, swap_host)
+    assert r.prompts["desc"].plugin == "fake_prompt2" and r.prompts["desc"].config.tags == []
+
+
+def test_set_plugin_swap_drops_old_options_but_keeps_other_overrides(tmp_path, swap_host):
+    base = _with_head_options(tmp_path)
+    r = load_recipe(base, swap_host, ["head.plugin=other_head"])
+    assert r.head.plugin == "other_head" and r.head.config.temperature == 1.0
+    r = load_recipe(base, swap_host, ["head.temperature=0.2", "head.plugin=other_head"])
+    assert r.head.config.temperature == 0.2
+
+
+@pytest.mark.parametrize("sel", ["one", "0"])
+def test_set_reaches_a_stage_by_name_or_index(minimal_recipe, fake_host, sel):
+    r = load_recipe(minimal_recipe, fake_host, [f"stages.{sel}.epochs=7",
+                                                f"stages.{sel}.lr=0.5"])
+    assert (r.stages[0].epochs, r.stages[0].lr) == (7, 0.5)
+
+
+@pytest.mark.parametrize("override, pattern", [
+    ("stages.two.epochs=1", r"--set stages\.two\.epochs: no stage named 'two'.*allowed: 0, one"),
+    ("stages.3.epochs=1", r"--set stages\.3\.epochs: stage index 3 is out of range"),
+    ("stages.one.epochs=x", r"^--set stages\.one\.epochs: expected an integer"),
+    ("stages.0.lr=-1", r"^--set stages\.0\.lr: invalid value"),
+    ("run.grad_clip=-1", r"^--set run\.grad_clip: invalid value"),
+    ("data.size=0", r"^--set data\.size: invalid value"),
+    ("extends=other.toml", r"^--set extends: extends cannot be overridden"),
+])
+def test_set_errors_name_the_override(minimal_recipe, fake_host, override, pattern):
+    with pytest.raises(RecipeError, match=pattern):
+        load_recipe(minimal_recipe, fake_host, [override])
+
+
+def test_file_error_still_names_the_file(tmp_path, fake_host):
+    (tmp_path / "r.toml").write_text(MINIMAL_RECIPE.replace("seed = 3", "grad_clip = -1.0"))
+    with pytest.raises(RecipeError, match=r"r\.toml: run\.grad_clip: invalid value"):
+        load_recipe(tmp_path / "r.toml", fake_host)
+
+
+def test_relative_paths_resolve_against_the_working_directory(tmp_path, monkeypatch,
+                                                             swap_host):
+    """One rule everywhere: relative to the working directory at load time (not to the
+    recipe file, which only anchors ``extends``), written back absolute."""
+    sub = tmp_path / "recipes" / "nested"
+    sub.mkdir(parents=True)
+    (sub / "base.toml").write_text(MINIMAL_RECIPE + '[cache]\ndir = "cachedir"\n')
+    (tmp_path / "recipes" / "child.toml").write_text(
+        'extends = "nested/base.toml"\n[run]\nout_dir = "out/{name}"\n')
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    r = load_recipe(tmp_path / "recipes" / "child.toml", swap_host,
+                    ["data.plugin=rooted", "data.root=d/x", "data.boxes=b.json"])
+    assert r.run.out_dir == str(work / "out" / "{name}")
+    assert r.cache.dir == str(work / "cachedir")
+    assert r.data.config.root == str(work / "d" / "x")
+    assert r.data.config.boxes == str(work / "b.json")       # declared with PATH_OPTION
+    # the resolved recipe means the same thing from another folder
+    shown = tmp_path / "shown.toml"
+    shown.write_text(r.to_toml())
+    monkeypatch.chdir(tmp_path)
+    assert load_recipe(shown, swap_host) == r
+
+
+def test_maybe_path_options(tmp_path, monkeypatch):
+    from clapkit.recipe import looks_like_path
+    assert not looks_like_path("openai") and not looks_like_path("laion2b_s34b_b79k")
+    assert not looks_like_path("hf-hub:org/model")
+    assert looks_like_path("weights/clip.pt") and looks_like_path("clip.safetensors")
+    assert looks_like_path("./x") and looks_like_path("~/x")
