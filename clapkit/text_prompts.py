@@ -1,0 +1,95 @@
+"""Building blocks of learnable text prompts, shared by prompt styles that work inside the
+text tower (CoCoOp, MaPLe, AttriCLIP): class texts, context initialisation, tokenised prompt
+templates with a placeholder context, and the image inputs a conditional prompt reads.
+
+They live in the core so that plugins share one definition instead of importing each other
+(DESIGN.md section 1: a plugin imports only the core's public API).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import attrs
+import torch
+
+from .errors import ClapkitError
+from .interfaces import Backbone, ImageInputs
+
+PLACEHOLDER = "X"
+
+
+def class_texts(class_names: Sequence[str], names: dict[str, str]) -> list[str]:
+    """The text of every class name (``names`` overrides; default ``_`` as spaces)."""
+    unknown = sorted(set(names) - set(class_names))
+    if unknown:
+        raise ClapkitError(f"names: '{unknown[0]}' is not a class of this dataset "
+                           f"(classes: {', '.join(class_names)})")
+    return [names.get(c, c.replace("_", " ")) for c in class_names]
+
+
+def phrase_tokens(backbone: Backbone, phrase: str) -> tuple[int, torch.Tensor]:
+    """``(n, vectors [n,W])``: the token embeddings of ``phrase`` (between SOT and EOT)."""
+    with torch.no_grad():
+        tok = backbone.tokenize([phrase.strip()])
+        n = int(tok[0].argmax()) - 1
+        vec = backbone.token_embedding(tok)[0, 1:1 + n].float().cpu()
+    return n, vec
+
+
+@attrs.frozen
+class PromptTemplate:
+    """Tokenised prompts ``[SOT] <prefix tokens> <class text> . [EOT]`` for every class.
+
+    ``n_prefix`` positions after SOT are where a learnable context goes; ``embedded`` holds
+    the frozen token embeddings of the whole prompt (the context positions are overwritten).
+    """
+
+    tokens: torch.Tensor      # [C,L] long
+    embedded: torch.Tensor    # [C,L,W] float32
+    n_prefix: int
+
+    @property
+    def eot(self) -> torch.Tensor:
+        return self.tokens.argmax(dim=-1)
+
+
+def prompt_template(backbone: Backbone, texts: Sequence[str], prefix: str,
+                    n_prefix: int) -> PromptTemplate:
+    """Tokenise ``f"{prefix} {text}."`` per class; ``n_prefix`` = tokens of ``prefix``.
+
+    An error names the class whose prompt the tokenizer truncated (no room left for the
+    name after the context)."""
+    sentences = [f"{prefix} {t}." if prefix else f"{t}." for t in texts]
+    with torch.no_grad():
+        tokens = backbone.tokenize(sentences).cpu()
+        embedded = backbone.token_embedding(tokens).float().cpu()
+    eot = tokens.argmax(dim=-1)
+    short = (eot - n_prefix - 2) < 1
+    if short.any():
+        bad = texts[int(short.nonzero()[0])]
+        raise ClapkitError(f"class name {bad!r} does not fit in the text context after "
+                           f"{n_prefix} context tokens (the tokenizer truncated the prompt)")
+    return PromptTemplate(tokens=tokens, embedded=embedded, n_prefix=n_prefix)
+
+
+def placeholder_prefix(n: int) -> str:
+    """``n`` placeholder words (one token each) that a learnable context replaces."""
+    return " ".join([PLACEHOLDER] * n)
+
+
+def as_image_inputs(image: ImageInputs | torch.Tensor | None, who: str) -> ImageInputs:
+    """The conditioning inputs of an image-conditioned prompt (a bare tensor is taken as
+    ``z``); ``None`` is an error naming the prompt style."""
+    if image is None:
+        raise ClapkitError(f"the {who} prompt is conditioned on the image features "
+                           "(needs_image_features) but was called without them")
+    if isinstance(image, ImageInputs):
+        return image
+    return ImageInputs(z=image)
+
+
+def image_condition(image: ImageInputs, source: str) -> torch.Tensor:
+    """``[B,D]``: the raw CLIP image feature (``raw``, frame and stream mean) or the adapted
+    fused feature (``z``)."""
+    return image.raw_mean if source == "raw" else image.z

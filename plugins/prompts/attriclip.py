@@ -1,0 +1,138 @@
+"""`attriclip` prompt: an attribute bank of (key, prompt) pairs selected per image (AttriCLIP,
+Wang et al., CVPR 2023).
+
+The bank holds ``M`` keys ``[M,D]`` (in the image embedding space) and ``M`` prompts
+``[M,L,W]`` (``L`` text-token vectors each). For every image, the ``top_k`` keys most similar
+(cosine) to its *raw* CLIP image feature are selected; the chosen prompts, concatenated
+(in bank order, so that the same set of attributes is one prompt), form the text context of
+every class: ``[SOT] P_i1 .. P_ik name_c . [EOT]``. The text features are per image
+``[B,C,D]``.
+
+Cost: images sharing a selection share its prompts, so each *distinct* selection in the batch
+is encoded once (``U x C`` text-tower rows for ``U`` distinct selections, not ``B x C``).
+
+The bank is shared by all tasks (a continual-learning method with no replay memory); the two
+extra losses of the paper read the declared aux outputs: ``query`` (the raw image features
+``[B,D]``) with ``selected_keys`` ``[B,k,D]`` (key matching, ``attriclip_key_match``) and
+``bank_prompts`` ``[M,L,W]`` (prompt orthogonality, ``attriclip_ortho``).
+"""
+
+from __future__ import annotations
+
+import attrs
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clapkit import hookimpl
+from clapkit.errors import ClapkitError
+from clapkit.interfaces import (Backbone, BuildContext, ImageInputs, Prompt, PromptOutput,
+                                StepContext)
+from clapkit.text_prompts import (as_image_inputs, class_texts, image_condition,
+                                  placeholder_prefix, prompt_template)
+
+
+@attrs.frozen
+class AttriClipConfig:
+    """``bank_size`` M (10), ``prompt_length`` L tokens per attribute prompt (12), ``top_k``
+    attributes per image (3; 0 = plain ``"<class>."`` prompts); ``init_std`` of keys and
+    prompts; ``condition``: the feature matched against the keys (``raw`` CLIP feature, as
+    the paper; or the adapted ``z``); ``names``: class name texts."""
+
+    bank_size: int = attrs.field(default=10, validator=attrs.validators.gt(0))
+    prompt_length: int = attrs.field(default=12, validator=attrs.validators.gt(0))
+    top_k: int = attrs.field(default=3, validator=attrs.validators.ge(0))
+    init_std: float = attrs.field(default=0.02, validator=attrs.validators.gt(0))
+    condition: str = attrs.field(default="raw", validator=attrs.validators.in_(("raw", "z")))
+    names: dict[str, str] = attrs.field(factory=dict)
+
+    @top_k.validator
+    def _k_fits(self, attribute: attrs.Attribute, value: int) -> None:
+        if value > self.bank_size:
+            raise ValueError(f"top_k = {value} is larger than bank_size = {self.bank_size}")
+
+
+class AttriClipPrompt(Prompt):
+    """Per-image text features ``[B,C,D]`` from the top-k attribute prompts of each image."""
+
+    needs_image_features = True
+    aux_keys = ("query", "selected_keys", "selection", "bank_prompts")
+
+    def __init__(self, backbone: Backbone, texts: list[str], cfg: AttriClipConfig) -> None:
+        super().__init__()
+        self._backbone = (backbone,)         # a reference, not a submodule
+        self.top_k, self.length, self.condition = cfg.top_k, cfg.prompt_length, cfg.condition
+        n = cfg.top_k * cfg.prompt_length
+        tpl = prompt_template(backbone, texts, placeholder_prefix(n), n)
+        width = tpl.embedded.shape[-1]
+        self.keys = nn.Parameter(torch.randn(cfg.bank_size, backbone.embed_dim) * cfg.init_std)
+        self.prompts = nn.Parameter(torch.randn(cfg.bank_size, cfg.prompt_length, width)
+                                    * cfg.init_std)
+        self.register_buffer("tokens", tpl.tokens, persistent=False)
+        self.register_buffer("embedded", tpl.embedded, persistent=False)
+        self.last_rows = 0
+
+    @property
+    def backbone(self) -> Backbone:
+        return self._backbone[0]
+
+    def refresh(self) -> None:
+        with torch.no_grad():
+            emb = self.backbone.token_embedding(self.tokens).float()
+        self.embedded.copy_(emb.to(self.embedded.device))
+
+    def select(self, query: torch.Tensor) -> torch.Tensor:
+        """``[B,k]`` bank indices: the k keys of highest cosine to each query, sorted."""
+        sim = F.normalize(query.float(), dim=-1) @ F.normalize(self.keys.float(), dim=-1).t()
+        return sim.topk(self.top_k, dim=-1).indices.sort(dim=-1).values
+
+    def encode_selections(self, selections: torch.Tensor) -> torch.Tensor:
+        """``[U,C,D]`` text features of ``U`` distinct selections ``[U,k]``."""
+        u = selections.shape[0]
+        c, length, w = self.embedded.shape
+        n = self.top_k * self.length
+        ctx = self.prompts[selections].reshape(u, n, w)                 # [U,n,W]
+        emb = self.embedded.to(ctx.dtype)
+        rows = torch.cat([emb[None, :, :1].expand(u, c, 1, w),
+                          ctx[:, None].expand(u, c, n, w),
+                          emb[None, :, 1 + n:].expand(u, c, length - 1 - n, w)], dim=2)
+        tokens = self.tokens.unsqueeze(0).expand(u, c, length).reshape(u * c, length)
+        self.last_rows = u * c
+        return self.backbone.encode_text_embedded(rows.reshape(u * c, length, w),
+                                                  tokens).reshape(u, c, -1)
+
+    def forward(self, image: ImageInputs | torch.Tensor | None = None,
+                step: StepContext | None = None) -> PromptOutput:
+        img = as_image_inputs(image, "attriclip")
+        query = image_condition(img, self.condition).float()
+        b = query.shape[0]
+        sel = self.select(query)                                         # [B,k]
+        if self.top_k == 0:                  # one (empty) selection shared by every image
+            distinct = sel[:1]
+            inverse = torch.zeros(b, dtype=torch.long, device=sel.device)
+        else:
+            distinct, inverse = torch.unique(sel, dim=0, return_inverse=True)
+        text = self.encode_selections(distinct)[inverse]                 # [B,C,D]
+        aux = {"query": query, "selected_keys": self.keys[sel],          # [B,k,D]
+               "selection": sel, "bank_prompts": self.prompts}
+        assert text.shape[0] == b
+        return PromptOutput(text=text, aux=aux)
+
+    def text_rows(self, batch: int) -> int:
+        """Text-tower rows of the last forward (distinct selections x classes)."""
+        return self.last_rows
+
+
+def build(cfg: AttriClipConfig, ctx: BuildContext) -> AttriClipPrompt:
+    """Attribute bank: top-k keys by image similarity select prompts (per-image [B,C,D])."""
+    if ctx.backbone is None:
+        raise ClapkitError("the attriclip prompt needs the backbone to be built first")
+    if not ctx.class_names:
+        raise ClapkitError("the attriclip prompt needs the class names of the dataset")
+    return AttriClipPrompt(ctx.backbone, class_texts(ctx.class_names, cfg.names), cfg)
+
+
+@hookimpl
+def clapkit_register(registrar):
+    registrar.add("prompt", "attriclip", build, config=AttriClipConfig,
+                  test_options=lambda ctx: {"bank_size": 4, "prompt_length": 2, "top_k": 2})
