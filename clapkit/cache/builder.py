@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import random
 import time
 from collections.abc import Sequence
@@ -27,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ..data.base import ClipDataset, DatasetSource
+from ..atomic import publish
 from ..errors import ClapkitError
 from ..interfaces import Backbone
 from . import store
@@ -91,17 +91,8 @@ def encode_frames(backbone: Backbone, frames: torch.Tensor, batch_size: int) -> 
     return out.reshape(b, t, -1)
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _publish(partial: Path, final: Path) -> None:
-    _fsync(partial)
-    os.replace(partial, final)
+    publish(partial, final)
 
 
 def _open_partial(path: Path, key: CacheKey, n: int, t: int, d: int,
@@ -164,6 +155,7 @@ def _encode_into(backbone: Backbone, dataset: ClipDataset,
         for f in files.values():
             if int(f.attrs["done"]) != n:
                 raise RuntimeError(f"cache build wrote {f.attrs['done']} of {n} rows")
+            store.seal(f)
             f.attrs["complete"] = True
     finally:
         for f in files.values():
@@ -219,6 +211,7 @@ def _merge(final: Path, key: CacheKey, world_size: int, n: int, t: int, d: int,
                     f["labels"][rows] = s["labels"][a:b]
                     f["ids"][rows] = s["ids"].asstr()[a:b].astype(object)
         f.attrs["done"] = n
+        store.seal(f)
         f.attrs["complete"] = True
     _publish(part, final)
     for sp in shards:
@@ -295,10 +288,13 @@ def ensure_cache(backbone: Backbone, source: DatasetSource, split: str, *,
 
 
 def _stale(keys: dict[str, CacheKey], paths: dict[str, Path], n: int,
-           warn: bool) -> list[str]:
+           warn: bool, items: str | None = None) -> list[str]:
+    """Streams whose file must be (re)built: missing, damaged, another identity, or listing
+    other items than the split (``items``: their digest) -- e.g. one of two stream files left
+    from another item list; only that file is rebuilt, and the warning names it."""
     out = []
     for s, key in keys.items():
-        problem = store.published_problem(paths[s], key, n)
+        problem = store.published_problem(paths[s], key, n, items)
         if problem is None:
             continue
         if problem != "missing" and warn:
@@ -312,7 +308,8 @@ def _ensure_view(backbone: Backbone, source: DatasetSource, split: str, train: b
                  opts: BuildOptions, rank: int, world_size: int) -> None:
     refs = source.refs(split)
     n = len(refs)
-    if not _stale(keys, paths, n, warn=False):
+    items = store.items_digest([r.id for r in refs], [r.label for r in refs])
+    if not _stale(keys, paths, n, warn=False, items=items):
         return
     dataset = ClipDataset(source, split, backbone.transform(train), train, seed=seed, refs=refs)
     dataset.set_epoch(view)
@@ -323,7 +320,7 @@ def _ensure_view(backbone: Backbone, source: DatasetSource, split: str, train: b
         with ExitStack() as stack:
             for s in sorted(keys):
                 stack.enter_context(BuildLock(paths[s], opts.lock_timeout))
-            todo = _stale(keys, paths, n, warn=True)  # another builder may have finished
+            todo = _stale(keys, paths, n, warn=True, items=items)  # another may have finished
             if not todo:
                 return
             for s in todo:
@@ -336,7 +333,7 @@ def _ensure_view(backbone: Backbone, source: DatasetSource, split: str, train: b
 
     positions = np.arange(rank, n, world_size)
     shard_extra = {**base_extra, "rank": rank, "world_size": world_size}
-    todo = _stale(keys, paths, n, warn=rank == 0)
+    todo = _stale(keys, paths, n, warn=rank == 0, items=items)
     shards = {s: store.shard_path(paths[s], rank, world_size) for s in todo}
     with ExitStack() as stack:
         for s in sorted(shards):
@@ -352,7 +349,7 @@ def _ensure_view(backbone: Backbone, source: DatasetSource, split: str, train: b
     if rank == 0:
         for s in todo:
             with BuildLock(paths[s], opts.lock_timeout):
-                if store.published_problem(paths[s], keys[s], n) is None:
+                if store.published_problem(paths[s], keys[s], n, items) is None:
                     continue
                 paths[s].unlink(missing_ok=True)
                 _merge(paths[s], keys[s], world_size, n, t, d, base_extra, opts.shard_timeout)

@@ -70,8 +70,7 @@ class CachedFeatures(Dataset):
                         raise ClapkitError(f"cache files disagree on {k}: {self.paths[0]} has "
                                            f"{first[k]!r}, {p} has {a[k]!r}")
                 if not np.array_equal(ids, ids_ref) or not np.array_equal(labels, self._labels):
-                    raise ClapkitError(f"cache files {self.paths[0]} and {p} list different "
-                                       "items (ids or labels differ)")
+                    raise ClapkitError(_disagreement(self.paths, p))
             by_stream = views.setdefault(int(a["view"]), {})
             if a["stream"] in by_stream:
                 raise ClapkitError(f"cache files {by_stream[a['stream']]} and {p} are both "
@@ -112,6 +111,10 @@ class CachedFeatures(Dataset):
         for v, by_stream in self.views.items():
             for s, p in by_stream.items():
                 with h5py.File(p, "r") as f:
+                    problem = store.integrity_problem(f)      # every block: it is all read
+                    if problem:
+                        raise ClapkitError(f"cache file {p}: {problem}; delete it to have it "
+                                           "rebuilt")
                     mem[(v, s)] = f["features"][...]
         self._memory = mem
 
@@ -189,6 +192,25 @@ class CachedFeatures(Dataset):
                                                                       drop_last),
                           num_workers=num_workers, collate_fn=_identity,
                           persistent_workers=False)
+
+
+def _disagreement(paths: list[Path], other: Path) -> str:
+    """Which of the files to rebuild when their item lists differ: the one whose items
+    differ from the majority's (by the stored digest), else the later file."""
+    digests: dict[Path, str] = {}
+    for p in paths:
+        with h5py.File(p, "r") as f:
+            digests[p] = str(store.read_attrs(f).get("items_sha256"))
+    counts: dict[str, int] = {}
+    for d in digests.values():
+        counts[d] = counts.get(d, 0) + 1
+    top = max(counts.values())
+    majority = [d for d, c in counts.items() if c == top]
+    odd = ([p for p in paths if digests[p] != majority[0]] if len(majority) == 1
+           else [other])
+    return (f"cache files {paths[0]} and {other} list different items (ids or labels "
+            f"differ); rebuild {', '.join(str(p) for p in odd)} (delete it; the next run or "
+            "`clapkit cache build` writes it again from the dataset)")
 
 
 def _identity(batch: Any) -> Any:

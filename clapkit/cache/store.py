@@ -7,7 +7,12 @@ stream, transform, view):
   batch reads two orders of magnitude slower);
 - ``labels`` int64 ``[N]``; ``ids`` variable-length str ``[N]``;
 - root attributes: the identity (:class:`CacheKey`), shape facts, ``done`` (rows written, the
-  resume counter) and ``complete``.
+  resume counter) and ``complete``;
+- integrity (format 2): ``crc32`` uint32 ``[ceil(N / crc_rows)]``, one CRC-32 per block of
+  ``crc_rows`` feature rows (the chunk height), and ``items_sha256``, the digest of the ids and
+  labels. Written when a file is sealed complete; :func:`verify` checks every block, opening a
+  file (:func:`published_problem`) checks the items digest and a few sampled blocks, so
+  flipped bytes are found, not only a damaged structure.
 
 A file is only ever published complete (atomic rename), so anything else found at a final
 path (unreadable, missing datasets, wrong shapes, ``done != N``, another identity) is stale or
@@ -21,6 +26,8 @@ import hashlib
 import json
 import os
 import re
+import zlib
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +36,9 @@ import h5py
 import numpy as np
 
 FORMAT = "clapkit-feature-cache"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: feature blocks whose checksum is checked each time a file is opened
+OPEN_SAMPLE_BLOCKS = 4
 #: target bytes of one HDF5 chunk; small chunks keep random row reads cheap
 CHUNK_BYTES = 1 << 16
 #: HDF5 raw-data chunk cache per open dataset when reading
@@ -152,9 +161,88 @@ def identity_problem(f: h5py.File, key: CacheKey) -> str | None:
     return None
 
 
+# --- integrity -----------------------------------------------------------------------------
+
+def items_digest(ids: Sequence[str], labels: Sequence[int] | np.ndarray) -> str:
+    """SHA-256 of an item list (ids in order, then labels as int64)."""
+    h = hashlib.sha256()
+    h.update("\n".join(str(i) for i in ids).encode())
+    h.update(b"\0")
+    h.update(np.asarray(labels, dtype=np.int64).tobytes())
+    return h.hexdigest()
+
+
+def _block_crcs(feats: h5py.Dataset | np.ndarray, rows: int,
+                blocks: Iterable[int]) -> dict[int, int]:
+    n = feats.shape[0]
+    return {b: zlib.crc32(np.ascontiguousarray(feats[b * rows:min(n, (b + 1) * rows)])
+                          .tobytes()) for b in blocks}
+
+
+def seal(f: h5py.File) -> None:
+    """Write the checksums of a fully written file (features per block, ids and labels)."""
+    feats = f["features"]
+    n = feats.shape[0]
+    rows = feats.chunks[0] if feats.chunks else max(1, n)
+    nblocks = -(-n // rows) if n else 0
+    crcs = _block_crcs(feats, rows, range(nblocks))
+    if "crc32" in f:
+        del f["crc32"]
+    f.create_dataset("crc32", data=np.array([crcs[b] for b in range(nblocks)], np.uint32))
+    f.attrs["crc_rows"] = rows
+    f.attrs["items_sha256"] = items_digest(f["ids"].asstr()[...], f["labels"][...])
+
+
+def sample_blocks(nblocks: int, k: int = OPEN_SAMPLE_BLOCKS) -> list[int]:
+    """First, last and evenly spaced blocks in between (deterministic)."""
+    if nblocks <= k:
+        return list(range(nblocks))
+    return sorted({round(i * (nblocks - 1) / (k - 1)) for i in range(k)})
+
+
+def integrity_problem(f: h5py.File, blocks: Iterable[int] | None = None, *,
+                      finite: bool = True) -> str | None:
+    """Checksums of an open, structurally sound file: the items digest always, the feature
+    blocks ``blocks`` (None = all), which must also be finite unless ``finite`` is false."""
+    a = read_attrs(f)
+    if "crc32" not in f or "crc_rows" not in a or "items_sha256" not in a:
+        return "no checksums (written by an older clapkit or never sealed)"
+    if items_digest(f["ids"].asstr()[...], f["labels"][...]) != a["items_sha256"]:
+        return "ids or labels do not match their checksum (corrupted)"
+    feats, rows, stored = f["features"], int(a["crc_rows"]), f["crc32"][...]
+    nblocks = -(-feats.shape[0] // rows) if feats.shape[0] else 0
+    if len(stored) != nblocks:
+        return f"{len(stored)} feature checksums for {nblocks} blocks"
+    for b in (range(nblocks) if blocks is None else blocks):
+        block = feats[b * rows:(b + 1) * rows]
+        lo, hi = b * rows, b * rows + len(block) - 1
+        if finite and not np.isfinite(block).all():
+            return f"non-finite features in rows {lo}..{hi}"
+        if zlib.crc32(np.ascontiguousarray(block).tobytes()) != int(stored[b]):
+            return f"feature bytes in rows {lo}..{hi} do not match their checksum (corrupted)"
+    return None
+
+
+def name_problem(path: Path, f: h5py.File) -> str | None:
+    """Whether the identity attributes give back the file's name (a renamed or edited file
+    claims to be something it is not)."""
+    a = read_attrs(f)
+    try:
+        key = CacheKey(str(a["backbone_fingerprint"]), str(a["dataset_fingerprint"]),
+                       str(a["split"]), str(a["stream"]), a["mode"] == "train", int(a["view"]),
+                       int(a["seed"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        return f"identity attribute missing or malformed ({exc})"
+    want = key.file_name()
+    if path.name != want and not path.name.startswith(want + ".shard"):
+        return f"identity attributes belong to a file named {want}, not {path.name}"
+    return None
+
+
 def published_problem(path: Path, key: CacheKey | None = None,
-                      num_items: int | None = None) -> str | None:
-    """Why ``path`` cannot be used as a complete cache (for ``key``), or None if it can."""
+                      num_items: int | None = None, items: str | None = None) -> str | None:
+    """Why ``path`` cannot be used as a complete cache (for ``key``, holding ``num_items``
+    items whose :func:`items_digest` is ``items``), or None if it can."""
     if not path.is_file():
         return "missing"
     try:
@@ -167,7 +255,16 @@ def published_problem(path: Path, key: CacheKey | None = None,
                 return f"incomplete: {a['done']} of {a['num_items']} rows written"
             if num_items is not None and int(a["num_items"]) != num_items:
                 return f"holds {a['num_items']} items, the split has {num_items}"
-            return identity_problem(f, key) if key is not None else None
+            problem = identity_problem(f, key) if key is not None else None
+            if problem:
+                return problem
+            rows = int(a.get("crc_rows", 0) or 1)
+            n = int(a["num_items"])
+            problem = integrity_problem(f, sample_blocks(-(-n // rows) if n else 0))
+            if problem is None and items is not None and a["items_sha256"] != items:
+                return ("lists other items than the dataset split (ids or labels differ): "
+                        "it is stale")
+            return problem
     except (OSError, KeyError, ValueError) as exc:
         return f"unreadable HDF5 file ({type(exc).__name__}: {exc})"
 
@@ -216,20 +313,20 @@ def info(path: str | Path) -> CacheInfo:
     return CacheInfo(path, attributes, tuple(shape), dtype, chunks, size, problem)
 
 
-def verify(path: str | Path, block_rows: int = 4096) -> str | None:
-    """Full check: structure, counters, ids unique and non-empty, features finite."""
+def verify(path: str | Path) -> str | None:
+    """Full check: structure, counters, identity against the file name, ids unique and
+    non-empty, every feature block finite and matching its checksum."""
     path = Path(path)
     problem = published_problem(path)
     if problem:
         return problem
     with h5py.File(path, "r") as f:
+        problem = name_problem(path, f)
+        if problem:
+            return problem
         ids = f["ids"].asstr()[...]
         if any(not i for i in ids):
             return "empty id found"
         if len(set(ids)) != len(ids):
             return "duplicate ids"
-        feats = f["features"]
-        for start in range(0, feats.shape[0], block_rows):
-            if not np.isfinite(feats[start:start + block_rows]).all():
-                return f"non-finite features in rows {start}..{start + block_rows - 1}"
-    return None
+        return integrity_problem(f, None)
