@@ -6,47 +6,85 @@ maths instead of importing each other.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
-#: Above this cosine two directions count as parallel and slerp falls back to normalised lerp
-#: (sin(omega) -> 0 makes the slerp weights 0/0 there).
-PARALLEL_DOT = 1.0 - 1e-6
-
-
 def cosine_logits(z: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
     """cos(z_b, t_c): text ``[C,D]`` -> ``[B,C]``, ``[B,C,D]`` -> ``[B,C]``,
-    ``[S,B,C,D]`` -> ``[S,B,C]``."""
+    ``[S,B,C,D]`` -> ``[S,B,C]``.
+
+    Text that is a batch-broadcast view (``expand`` over B, stride 0: the same class features
+    for every item) is normalised once per class instead of once per item, so an
+    ``[S,B,C,D]`` view never materialises ``S*B*C*D`` values.
+    """
     z = F.normalize(z, dim=-1)
+    if text.dim() >= 3 and text.stride(-3) == 0:          # same text for every item of B
+        flat = F.normalize(text.select(-3, 0), dim=-1)      # [..., C, D]
+        if flat.dim() == 2:
+            return z @ flat.t()
+        return torch.einsum("bd,...cd->...bc", z, flat)
     text = F.normalize(text, dim=-1)
     if text.dim() == 2:
         return z @ text.t()
     return torch.einsum("bd,...bcd->...bc", z, text)
 
 
+def _sinc(x: torch.Tensor) -> torch.Tensor:
+    """sin(x)/x, exact at 0 (``torch.sinc`` is the normalised sin(pi x)/(pi x))."""
+    return torch.sinc(x / math.pi)
+
+
 def slerp(a: torch.Tensor, b: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
     """Spherical interpolation from direction ``a`` (t=0) to direction ``b`` (t=1).
 
-    Both inputs are L2-normalised first (they broadcast against each other); the result has unit
-    norm. Near-parallel pairs use normalised lerp, which is the limit of slerp there, and the
-    angle is computed from a masked dot product so that no NaN gradient leaks out of ``acos``
-    at |dot| = 1. Exactly antiparallel pairs have no unique great circle; they also take the
-    normalised-lerp path (which passes through 0 at t = 0.5 -- a measure-zero case).
+    Both inputs are L2-normalised first (they broadcast against each other); the result has
+    unit norm. Accurate over the whole angle range in float32 (half precision is computed in
+    float32):
+
+    - the angle is ``2 atan2(|b - a|, |b + a|)``, exact near 0 and near pi where ``acos`` of
+      the dot product loses half the digits;
+    - up to pi/2 the weights are written with sinc, ``sin(x th)/sin(th) = x sinc(x th) /
+      sinc(th)``, which has no 0/0 as th -> 0 (the limit is the straight line);
+    - beyond pi/2 the result is ``cos(t th) a + sin(t th) v`` with ``v`` the unit direction
+      of ``b`` perpendicular to ``a``, taken from ``b + a`` (exact by Sterbenz' lemma when b
+      is near -a; the normalisation enters as a small correction), so near-antiparallel
+      pairs keep their great circle;
+    - exactly antiparallel pairs have no unique great circle: one is chosen
+      deterministically (towards the axis where ``a`` is smallest), never a zero vector.
+
+    Both branches are evaluated on safe inputs, so gradients stay finite everywhere.
     """
-    a = F.normalize(a, dim=-1)
-    b = F.normalize(b, dim=-1)
-    a, b = torch.broadcast_tensors(a, b)
-    dot = (a * b).sum(-1, keepdim=True).clamp(-1.0, 1.0)
-    degenerate = dot.abs() > PARALLEL_DOT
-    safe_dot = torch.where(degenerate, torch.zeros_like(dot), dot)
-    omega = torch.acos(safe_dot)
-    sin_omega = torch.sin(omega)
-    t = torch.as_tensor(t, dtype=a.dtype, device=a.device)
-    wa = torch.sin((1.0 - t) * omega) / sin_omega
-    wb = torch.sin(t * omega) / sin_omega
-    spherical = wa * a + wb * b
-    linear = F.normalize((1.0 - t) * a + t * b, dim=-1)
-    return torch.where(degenerate, linear, spherical)
+    out_dtype = torch.promote_types(a.dtype, b.dtype)
+    work = torch.promote_types(out_dtype, torch.float32)
+    a, b = torch.broadcast_tensors(a.to(work), b.to(work))
+    na = a.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    nb = b.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    t = torch.as_tensor(t, dtype=work, device=a.device)
+    # b_hat +- a_hat from the raw sums (exact by Sterbenz' lemma for near-unit inputs near
+    # +-each other) plus the small normalisation corrections; normalising first would round
+    # each component and bury a 1e-5 rad gap under 6e-8 noise
+    ca, cb = (1.0 / na - 1.0) * a, (1.0 / nb - 1.0) * b
+    s, d = (b + a) + (cb + ca), (b - a) + (cb - ca)
+    a, b = a / na, b / nb                     # as F.normalize does it
+    ns, nd = s.norm(dim=-1, keepdim=True), d.norm(dim=-1, keepdim=True)
+    theta = 2.0 * torch.atan2(nd, ns)
+    obtuse = nd > ns                                             # theta > pi/2
+    # up to pi/2: sinc weights
+    th = torch.where(obtuse, torch.zeros_like(theta), theta)
+    sinc_th = _sinc(th)
+    near = ((1.0 - t) * _sinc((1.0 - t) * th) / sinc_th) * a + (t * _sinc(t * th) / sinc_th) * b
+    # beyond pi/2: rotate a towards v, the part of b_hat + a_hat perpendicular to a
+    perp = s - (s * a).sum(dim=-1, keepdim=True) * a
+    k = a.abs().argmin(dim=-1, keepdim=True)
+    axis = torch.zeros_like(a).scatter(-1, k, 1.0)
+    anyperp = axis - a.gather(-1, k) * a                         # exactly antiparallel
+    degenerate = ~(perp.norm(dim=-1, keepdim=True) > 0)
+    v = F.normalize(torch.where(degenerate, anyperp, perp), dim=-1)
+    th_far = torch.where(obtuse, theta, torch.full_like(theta, math.pi))
+    far = torch.cos(t * th_far) * a + torch.sin(t * th_far) * v
+    return torch.where(obtuse, far, near).to(out_dtype)
 
 
 class LogitScale(torch.nn.Module):
