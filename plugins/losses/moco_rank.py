@@ -9,14 +9,14 @@ not negatives.
 
 What is enqueued (``keys``):
 
-* ``"momentum"`` (default): MoCo's keys, the embeddings of the batch by a *momentum encoder*
+* ``"text"`` (default, seed 003: "thousands (4096) of old text features in the queue"): the
+  batch's positive text features themselves; no momentum encoder is made.
+* ``"momentum"``: MoCo's keys, the embeddings of the batch by a *momentum encoder*
   -- a copy of the pipeline's visual part (image adapters, temporal models, fusion: the module
   ``pipeline.visual_encoder_modules()`` returns, mapping ``features {stream: [B,T,D]} -> z``),
   made in ``bind`` and updated as ``theta_k <- m theta_k + (1-m) theta_q`` before each training
   step's keys are computed. The copy holds its weights as *buffers*: it checkpoints with the
   model, and no stage glob or optimizer can ever train it.
-* ``"text"``: the batch's positive text features themselves (the wording of seed 003, "old text
-  features in the queue"); no momentum encoder is made.
 
 The queue (``queue [K,D]``, ``queue_labels [K]``, ``queue_ptr``) is made of registered buffers
 so it checkpoints and resumes; it starts as random unit vectors with label -1 (classic MoCo).
@@ -44,8 +44,8 @@ from clapkit.interfaces import BuildContext, Loss
 @attrs.frozen
 class MoCoRankConfig:
     """``queue_size``: negatives kept; ``momentum`` of the key encoder; ``temperature``;
-    ``view``: text view of the positives ("" = the head's view); ``keys``: "momentum" or
-    "text" (what is enqueued); ``mask_same_class``: ignore queue entries of the label's class;
+    ``view``: text view of the positives ("" = the head's view); ``keys``: "text" (seed 003)
+    or "momentum" (what is enqueued); ``mask_same_class``: ignore queue entries of the label's class;
     ``dim``: feature size (0 = the backbone's embed_dim)."""
 
     queue_size: int = attrs.field(default=4096, validator=attrs.validators.gt(0))
@@ -54,7 +54,7 @@ class MoCoRankConfig:
     temperature: float = attrs.field(default=0.07, validator=attrs.validators.gt(0))
     view: str = ""
     keys: Literal["momentum", "text"] = attrs.field(
-        default="momentum", validator=attrs.validators.in_(("momentum", "text")))
+        default="text", validator=attrs.validators.in_(("momentum", "text")))
     mask_same_class: bool = True
     dim: int = attrs.field(default=0, validator=attrs.validators.ge(0))
 

@@ -7,8 +7,8 @@ logit_temperature)``. Without the normalisation the dot products are huge and Q 
 flattens, and the KL goes to ~0 while nothing is learnt -- the bug seed 003 reports; the
 normalisation is unconditional here.
 
-Warmup (seed 003's ``--ldl-warmup``): for ``batch["epoch"] < warmup_epochs`` the term is the
-hard-label CE instead. It lives in this loss rather than in the recipe's loss schedule because
+Warmup (seed 003's ``--ldl-warmup``, default 5 epochs as there): for ``batch["epoch"] <
+warmup_epochs`` the term is the hard-label CE instead. It lives in this loss rather than in the recipe's loss schedule because
 the schedule can only *start* a term late, not *stop* one, and the warmup needs CE to stop
 when LDL starts. ``batch["epoch"]`` is the epoch the engine passes (the same one the loss
 schedules use). Q is detached by default: a target that can move towards the prediction
@@ -37,7 +37,7 @@ class SemanticLDLConfig:
     view: str = ""
     temperature: float = attrs.field(default=0.1, validator=attrs.validators.gt(0))
     logit_temperature: float = attrs.field(default=1.0, validator=attrs.validators.gt(0))
-    warmup_epochs: int = attrs.field(default=0, validator=attrs.validators.ge(0))
+    warmup_epochs: int = attrs.field(default=5, validator=attrs.validators.ge(0))  # seed 003
     detach_target: bool = True
     over_samples: bool = False
 

@@ -91,7 +91,7 @@ def visual(make, ctx):
 
 def test_momentum_encoder_is_a_frozen_copy_updated_by_ema(make, ctx, visual):
     m = 0.9
-    loss = make("loss", "moco_rank", ctx, queue_size=16, momentum=m).train()
+    loss = make("loss", "moco_rank", ctx, queue_size=16, momentum=m, keys="momentum").train()
     assert set(loss.needs) == {"z", "text", "features"}
     loss.bind(FakePipeline(visual))
     assert list(loss.parameters()) == [], "the momentum copy must hold no parameters"
@@ -118,7 +118,7 @@ def test_momentum_encoder_is_a_frozen_copy_updated_by_ema(make, ctx, visual):
 
 
 def test_queue_and_momentum_copy_checkpoint(make, ctx, visual):
-    a = make("loss", "moco_rank", ctx, queue_size=8).train()
+    a = make("loss", "moco_rank", ctx, queue_size=8, keys="momentum").train()
     a.bind(FakePipeline(visual))
     feats = {s: torch.randn(3, ctx.num_frames, ctx.embed_dim) for s in ctx.streams}
     a({"z": visual(feats), "text": torch.randn(4, ctx.embed_dim), "features": feats},
@@ -126,8 +126,27 @@ def test_queue_and_momentum_copy_checkpoint(make, ctx, visual):
     state = a.state_dict()
     assert {"queue", "queue_labels", "queue_ptr"} <= set(state)
     assert any(k.startswith("momentum_encoder.") for k in state)
-    b = make("loss", "moco_rank", ctx, queue_size=8)
+    b = make("loss", "moco_rank", ctx, queue_size=8, keys="momentum")
     b.bind(FakePipeline(visual))
     b.load_state_dict(state)
     assert torch.equal(b.queue, a.queue) and int(b.queue_ptr) == 3
     assert b.queue_labels[:3].tolist() == [0, 1, 1]
+
+
+def test_defaults_follow_seed_003():
+    """Seed 003: LDL warms up on hard labels for 5 epochs; MoCo's queue holds old text
+    features (4096 of them)."""
+    from clapkit_plugins.losses.moco_rank import MoCoRankConfig
+    from clapkit_plugins.losses.semantic_ldl import SemanticLDLConfig
+    assert SemanticLDLConfig().warmup_epochs == 5
+    cfg = MoCoRankConfig()
+    assert cfg.keys == "text" and cfg.queue_size == 4096
+
+
+def test_default_keys_enqueue_the_positive_text(make):
+    loss = make("loss", "moco_rank", CTX, queue_size=6, dim=3).train()
+    text = F.normalize(torch.randn(3, 3), dim=-1)
+    z = torch.randn(2, 3, requires_grad=True)
+    loss({"z": z, "text": text}, {"label": torch.tensor([2, 0])})
+    torch.testing.assert_close(loss.queue[:2], text[[2, 0]])
+    assert loss.momentum_encoder is None
