@@ -119,6 +119,82 @@ def run_cmd(file: Path, overrides: tuple[str, ...], out_dir: Path | None, resume
     runner.run_recipe(file, overrides=overrides, out_dir=out_dir, resume=resume, host=host())
 
 
+# --- eval, predict, runs ---------------------------------------------------------------------
+
+@cli.command("eval")
+@click.argument("target", type=click.Path(path_type=Path))
+@click.option("--checkpoint", type=click.Choice(["best", "last"]), default=None,
+              help="Run folder: the checkpoint to evaluate (default best = best valid UAR).")
+@click.option("--split", type=click.Choice(["valid", "test"]), default="valid", show_default=True,
+              help="The recipe's data.valid_split or data.test_split (else the 'test' split).")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path),
+              help="Folder for the JSON (run folder: the run; recipe: runs/<name>-eval).")
+@_set_option
+def eval_cmd(target: Path, checkpoint: str | None, split: str, out_dir: Path | None,
+             overrides: tuple[str, ...]) -> None:
+    """Evaluate TARGET: a run folder (its recipe.toml and checkpoint) or a recipe file (the
+    pipeline as built, e.g. zero-shot). Prints and writes top1/top5, WAR, UAR, per-class
+    accuracy and the confusion matrix (RUN_DIR/eval-<ckpt>-<split>.json or OUT/eval.json)."""
+    from .evaluation import eval_target, format_result
+    result, dest = eval_target(target, host(), checkpoint=checkpoint, split=split,
+                               out=out_dir, overrides=overrides)
+    for line in format_result(result):
+        click.echo(line)
+    click.echo(f"written: {dest}")
+
+
+@cli.command("predict")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best",
+              show_default=True, help="The checkpoint of the run to predict with.")
+@click.option("--top", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Classes shown per input (by probability).")
+@click.option("--json", "json_out", type=click.Path(path_type=Path),
+              help="Also write every probability to this JSON file.")
+@_set_option
+def predict_cmd(run_dir: Path, inputs: tuple[Path, ...], checkpoint: str, top: int,
+                json_out: Path | None, overrides: tuple[str, ...]) -> None:
+    """Predicted class and probabilities for each INPUT (video files, frame folders, images),
+    through the run's eval transforms and face/context crops (faces detected)."""
+    import json as _json
+
+    from .atomic import atomic_write_text
+    from .evaluation import prepare, run_recipe_file
+    from .predict import format_predictions, predict
+    from .recipe import load_recipe
+    recipe = load_recipe(run_recipe_file(run_dir), host(), overrides)
+    path = run_dir / "checkpoints" / f"{checkpoint}.pt"
+    if not path.is_file():
+        raise ClapkitError(f"{run_dir}: no {checkpoint} checkpoint at {path}")
+    prep = prepare(recipe, host(), checkpoint=path, checkpoint_name=checkpoint,
+                   work_dir=run_dir)
+    rows, notes = predict(prep, inputs)
+    for note in notes:
+        click.echo(f"note: {note}", err=True)
+    for line in format_predictions(rows, top):
+        click.echo(line)
+    if json_out is not None:
+        atomic_write_text(json_out, _json.dumps(rows, indent=2) + "\n")
+
+
+@cli.command("runs")
+@click.argument("folder", required=False, default="runs", type=click.Path(path_type=Path))
+def runs_cmd(folder: Path) -> None:
+    """One line per run folder under FOLDER (default runs/): recipe, status, epochs, best
+    valid UAR, test WAR/UAR (percent)."""
+    from .runs import describe_run, find_runs, format_rows
+    if not folder.is_dir():
+        raise ClapkitError(f"{folder}: no such folder (clapkit run writes runs/<name> by "
+                           "default)")
+    rows = [describe_run(r) for r in find_runs(folder)]
+    if not rows:
+        click.echo(f"no run folders under {folder} (a run folder holds recipe.toml)")
+        return
+    for line in format_rows(rows):
+        click.echo(line)
+
+
 # --- commands that live in their own modules ------------------------------------------------
 
 def _add_lazy_groups() -> None:

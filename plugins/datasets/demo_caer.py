@@ -4,7 +4,8 @@ Each clip shows a procedurally drawn face whose *expression* encodes one of the 
 emotions (brows, eyes, mouth shape; skin, hair, clothes and background are random and carry
 no class), at a random place and size on a random "room" background, drifting a little from
 frame to frame while the expression sets in. Class counts are imbalanced like the real set.
-``train/`` holds ``.avi`` files (MJPEG, decoded through PyAV), ``validation/`` frame folders;
+``train/`` and ``test/`` hold ``.avi`` files (MJPEG, decoded through PyAV), ``validation/``
+frame folders;
 lists in ``caer_video_annotations/`` and one face box per clip in
 ``caer_video_annotations/caer_video_faces.json`` keyed ``CAER/<split>/<Class>/<id>`` as the
 commonly shared file is. Publishing (marker, atomic rename) is the core's
@@ -25,7 +26,7 @@ from clapkit.data.demo import DemoMaker
 from clapkit.data.video import write_video
 
 CAER_CLASSES = ("Anger", "Disgust", "Fear", "Happy", "Neutral", "Sad", "Surprise")
-CAER_SPLITS = {"train": "train", "valid": "validation"}
+CAER_SPLITS = {"train": "train", "valid": "validation", "test": "test"}
 FRAME_W, FRAME_H = 96, 72
 
 # Expression parameters per class, in units of the face radius r:
@@ -145,7 +146,7 @@ def make_caer_demo(out: Path, seed: int = 0, train_per_class: tuple[int, int] = 
             for i in range(1, rng.randrange(lo, hi + 1) + 1):
                 frames, box = _clip(rng, cls)
                 rel = f"{folder}/{cls}/{i:04d}"
-                if split == "train":
+                if split != "valid":        # train and test: videos; valid: frames
                     write_video(out / f"{rel}.avi", frames)
                 else:
                     (out / rel).mkdir()
@@ -165,4 +166,4 @@ def _make(out: Path, seed: int, tiny: bool) -> None:
 
 
 #: bump when the generated data changes, so existing demo folders are regenerated
-CAER_DEMO = DemoMaker(kind="caer", make=_make, version=1, dataset="caer")
+CAER_DEMO = DemoMaker(kind="caer", make=_make, version=2, dataset="caer")

@@ -1,0 +1,273 @@
+"""``clapkit eval``: evaluate a run's checkpoint, or a recipe's pipeline as built.
+
+A *run folder* target (it holds ``recipe.toml``) is rebuilt from its resolved recipe, the
+components replay their per-task growth up to the checkpoint's task and the checkpoint's
+weights are loaded; the result goes to ``RUN_DIR/eval-<checkpoint>-<split>.json``. A *recipe
+file* target is evaluated as built, i.e. zero-shot when nothing in it is trained; the result
+goes to ``OUT/eval.json`` (``OUT`` defaults to ``run.out_dir`` with ``{name}`` =
+``<name>-eval``).
+
+Figures are fractions in [0, 1] like every metric in ``summary.json`` and ``metrics.jsonl``:
+``top1`` (= ``war``, the accuracy), ``top5`` (``None`` with fewer than 5 classes), ``war``,
+``uar`` (mean per-class recall), ``per_class`` (recall per class name, ``None`` for a class
+without items), ``confusion`` (rows = true class, columns = predicted, in ``classes`` order).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+
+from .atomic import atomic_write_text
+from .build import build_component
+from .errors import ClapkitError
+from .interfaces import BuildContext, Component
+from .metrics import confusion_matrix, per_class_accuracy, uar, war
+from .pipeline import Pipeline, build_pipeline
+from .plugins import PluginHost
+from .recipe import Recipe, load_recipe
+
+SPLITS = ("valid", "test")
+CHECKPOINTS = ("best", "last")
+
+
+@attrs.define
+class Prepared:
+    """A pipeline ready to evaluate, with its data and scenario (see :func:`prepare`)."""
+
+    recipe: Recipe
+    pipeline: Pipeline
+    data: Any            # engine.data.RunData
+    source: Any          # the dataset source
+    scenario: Any        # engine.scenario.Scenario
+    device: torch.device
+    class_names: list[str]
+    task: int            # the last task the weights have seen
+    checkpoint: str      # "best" | "last" | "none"
+    position: dict[str, Any] | None = None
+    backbone_trained: bool = False
+
+
+def is_run_dir(path: Path) -> bool:
+    return path.is_dir() and (path / "recipe.toml").is_file()
+
+
+def run_recipe_file(run_dir: Path) -> Path:
+    if not is_run_dir(run_dir):
+        raise ClapkitError(f"{run_dir} is not a run folder (it has no recipe.toml; a run "
+                           "folder is what `clapkit run` writes, e.g. runs/<name>)")
+    return run_dir / "recipe.toml"
+
+
+def prepare(recipe: Recipe, host: PluginHost, *, checkpoint: Path | None = None,
+            checkpoint_name: str = "none", work_dir: Path | None = None,
+            need_split: str | None = None) -> Prepared:
+    """Build data, scenario and pipeline as the trainer does, then load ``checkpoint``.
+
+    ``need_split`` (``"test"``) makes sure the recipe's data keys name that split: when the
+    recipe sets no ``data.test_split`` but the dataset has a ``test`` split, it is used.
+    """
+    from .engine.data import RunData
+    from .engine.distributed import DistInfo
+    from .engine.runner import resolve_device, seed_everything
+    from .engine.scenario import make_scenario
+
+    seed_everything(recipe.run.seed, False)
+    device = resolve_device(recipe.run.device, 0)
+    ctx = BuildContext(host=host, recipe_file=recipe.file, work_dir=work_dir or Path("."),
+                       device=device, seed=recipe.run.seed)
+    source = build_component(recipe.data, ctx)
+    if need_split == "test" and recipe.data.keys.test_split is None:
+        if "test" not in source.splits():
+            raise ClapkitError(f"{recipe.file}: data.test_split: the recipe names no test "
+                               f"split and the dataset has none called 'test' (splits: "
+                               f"{', '.join(source.splits())}); pass --set data.test_split=NAME")
+        recipe = attrs.evolve(recipe, data=attrs.evolve(
+            recipe.data, keys=attrs.evolve(recipe.data.keys, test_split="test")))
+    backbone = build_component(recipe.backbone, ctx)
+    ctx.backbone = backbone
+    sc = make_scenario(recipe.scenario, len(source.classes), file=recipe.file)
+    train = recipe.data.keys.train_split
+    counts = source.class_counts(train) if train in source.splits() else None
+    ctx.class_names = [source.classes[o] for o in sc.order]
+    ctx.class_counts = [counts[o] for o in sc.order] if counts else None
+    ctx.task_of_class = sc.task_of_class
+    ctx.streams = tuple(source.streams)
+    ctx.num_frames = source.num_frames
+    data = RunData(source, recipe, backbone, DistInfo(), recipe.run.seed, device)
+    pipeline = build_pipeline(recipe, ctx, backbone)
+    task = sc.num_tasks - 1
+    position = None
+    trained_backbone = False
+    if checkpoint is not None:
+        from .engine import checkpoint as ckpt
+        state = ckpt.load(checkpoint)
+        position = dict(state.get("position") or {})
+        task = int(position.get("task", 0))
+        trained_backbone = bool(state.get("backbone_trained", False))
+        replay_growth(pipeline, sc, task)
+        ckpt.load_model_state(pipeline, state["model"], where=str(checkpoint))
+    else:
+        replay_growth(pipeline, sc, task)
+    pipeline.to(device)
+    return Prepared(recipe=recipe, pipeline=pipeline, data=data, source=source, scenario=sc,
+                    device=device, class_names=list(ctx.class_names), task=task,
+                    checkpoint=checkpoint_name, position=position,
+                    backbone_trained=trained_backbone)
+
+
+def replay_growth(pipeline: Pipeline, scenario: Any, task: int) -> None:
+    """``on_task_start`` of every component for tasks ``0..task``: the per-task modules a
+    run grew exist again before its weights are loaded (growth happens only there)."""
+    for k in range(task + 1):
+        for m in pipeline.modules():
+            if isinstance(m, Component):
+                m.on_task_start(k, scenario.seen(k))
+
+
+def _step_config(prep: Prepared, desc: str) -> Any:
+    from .engine.loop import StepConfig, amp_policy
+    r, sc = prep.recipe, prep.scenario
+    return StepConfig(device=prep.device, remap=sc.remap_table(),
+                      task_of_class=torch.as_tensor(sc.task_of_class, dtype=torch.long),
+                      num_classes=sc.num_classes,
+                      seen=sc.seen(prep.task) if sc.incremental else None,
+                      amp=amp_policy(r.run.use_amp, r.run.amp_dtype, prep.device),
+                      progress=r.run.progress, desc=desc)
+
+
+def use_cache(prep: Prepared) -> bool:
+    """Cached features when the image encoder is what the cache was built from."""
+    if prep.recipe.cache.enabled == "off":
+        return False
+    return not (prep.backbone_trained or prep.pipeline.image_encoder_trainable())
+
+
+def split_name(prep: Prepared, split: str) -> str:
+    name = prep.data.valid_split if split == "valid" else prep.data.test_split
+    if name is None:
+        raise ClapkitError(f"{prep.recipe.file}: the recipe names no {split} split "
+                           f"(set --set data.{split}_split=NAME)")
+    return name
+
+
+def collect_logits(prep: Prepared, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits ``[N,C]`` (restricted to the seen classes) and class-order labels ``[N]``."""
+    from .engine.distributed import DistInfo
+    from .engine.loop import evaluate
+    name = split_name(prep, split)
+    labels = prep.data.labels[name]
+    indices = prep.scenario.items_of(labels, list(range(prep.task + 1)))
+    if not indices:
+        raise ClapkitError(f"split '{name}' has no items of the classes seen by task "
+                           f"{prep.task}")
+    loader = prep.data.eval_loader(name, indices, cached=use_cache(prep))
+    _, got = evaluate(prep.pipeline, loader, _step_config(prep, f"eval {name}"), DistInfo(),
+                      collect=True)
+    assert got is not None
+    order = torch.argsort(got.index)
+    return got.logits[order], got.label[order]
+
+
+def metrics_of(logits: torch.Tensor, labels: torch.Tensor, names: list[str]) -> dict[str, Any]:
+    """top1/top5/WAR/UAR, per-class recall and the confusion matrix over ``names``."""
+    c = len(names)
+    logits = logits[:, :c].float()
+    conf = confusion_matrix(logits, labels, c)
+    rec = per_class_accuracy(conf)
+    top5 = None
+    if c >= 5 and len(labels):
+        top = logits.topk(5, dim=1).indices
+        top5 = float((top == labels[:, None]).any(dim=1).double().mean())
+    return {"top1": war(conf), "top5": top5, "war": war(conf), "uar": uar(conf),
+            "per_class": {n: (None if math.isnan(float(a)) else float(a))
+                          for n, a in zip(names, rec.tolist())},
+            "support": {n: int(s) for n, s in zip(names, conf.sum(1).tolist())},
+            "classes": list(names), "confusion": conf.tolist(),
+            "num_items": int(len(labels))}
+
+
+def evaluate_prepared(prep: Prepared, split: str) -> dict[str, Any]:
+    logits, labels = collect_logits(prep, split)
+    seen = prep.scenario.seen(prep.task) if prep.scenario.incremental else \
+        prep.scenario.num_classes
+    out = metrics_of(logits, labels, prep.class_names[:seen])
+    out.update({"split": split, "split_name": split_name(prep, split),
+                "checkpoint": prep.checkpoint, "task": prep.task,
+                "recipe": prep.recipe.run.name, "scale": "fraction"})
+    if prep.position is not None:
+        out["checkpoint_position"] = prep.position
+    return out
+
+
+def eval_target(target: Path, host: PluginHost, *, checkpoint: str | None = None,
+                split: str = "valid", out: Path | None = None,
+                overrides: tuple[str, ...] | list[str] = ()) -> tuple[dict[str, Any], Path]:
+    """Evaluate a run folder or a recipe file; returns the result and the JSON written."""
+    if split not in SPLITS:
+        raise ClapkitError(f"--split: '{split}' is not one of {', '.join(SPLITS)}")
+    if target.is_dir():
+        recipe = load_recipe(run_recipe_file(target), host, overrides)
+        which = checkpoint or "best"
+        if which not in CHECKPOINTS:
+            raise ClapkitError(f"--checkpoint: '{which}' is not one of {', '.join(CHECKPOINTS)}")
+        path = target / "checkpoints" / f"{which}.pt"
+        if not path.is_file():
+            other = "last" if which == "best" else "best"
+            raise ClapkitError(f"{target}: no {which} checkpoint at {path} (the run has not "
+                               f"saved one yet; try --checkpoint {other})")
+        prep = prepare(recipe, host, checkpoint=path, checkpoint_name=which, work_dir=target,
+                       need_split=split)
+        dest = (out or target) / f"eval-{which}-{split}.json"
+        kind = "run"
+    elif target.is_file():
+        if checkpoint is not None:
+            raise ClapkitError(f"--checkpoint applies to a run folder; {target} is a recipe "
+                               "file (evaluated as built)")
+        recipe = load_recipe(target, host, overrides)
+        folder = out or Path(recipe.run.out_dir.format(name=f"{recipe.run.name}-eval"))
+        prep = prepare(recipe, host, checkpoint=None, checkpoint_name="none", work_dir=folder,
+                       need_split=split)
+        dest = folder / "eval.json"
+        kind = "recipe"
+    else:
+        raise ClapkitError(f"{target}: no such run folder or recipe file")
+    result = evaluate_prepared(prep, split)
+    result = {"target": str(target), "kind": kind, **result}
+    atomic_write_text(dest, json.dumps(_json_safe(result), indent=2, allow_nan=False) + "\n")
+    return result, dest
+
+
+def _json_safe(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {str(k): _json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_json_safe(x) for x in v]
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def format_result(result: dict[str, Any]) -> list[str]:
+    """The lines ``clapkit eval`` prints."""
+    from .report import format_confusion, format_per_class, pct
+    names = result["classes"]
+    ckpt = result.get("checkpoint", "none")
+    what = "as built (nothing loaded)" if ckpt == "none" else f"checkpoint {ckpt}"
+    lines = [f"{result['recipe']}: {what}, split {result['split']} "
+             f"('{result['split_name']}', {result['num_items']} items, "
+             f"{len(names)} classes)",
+             f"  top1 {pct(result['top1'])}%   top5 "
+             f"{pct(result['top5']) + '%' if result['top5'] is not None else '- (< 5 classes)'}"
+             f"   WAR {pct(result['war'])}%   UAR {pct(result['uar'])}%",
+             "  per-class accuracy:"]
+    lines += format_per_class([result["per_class"][n] for n in names], names,
+                              [result["support"][n] for n in names], indent="    ")
+    lines.append("  confusion matrix:")
+    lines += format_confusion(result["confusion"], names, indent="    ")
+    return lines

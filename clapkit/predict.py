@@ -1,0 +1,147 @@
+"""``clapkit predict RUN_DIR INPUT...``: class probabilities for videos, frame folders, images.
+
+Each input goes through what the dataset does to its items at evaluation time: the dataset
+source of the run's recipe samples the frames (segment centres) and cuts the streams (face
+crop and context for the face/context datasets, using face boxes detected here with the
+OpenCV cascade of ``clapkit/data/faces.py``, since an input file comes without boxes), then the
+backbone's eval transform and the pipeline's eval pass (the same loop as ``clapkit eval``).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .data.base import ItemRef
+from .data.sampling import segment_indices
+from .data.sources import ClipSource, ImageSource
+from .data.video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, list_frames, read_clip
+from .errors import ClapkitError
+from .evaluation import Prepared, _step_config
+
+
+def expand_inputs(paths: Sequence[Path], source: Any) -> list[Path]:
+    """Inputs as items: for an image dataset a folder means its images; for a clip dataset a
+    folder is one clip of frames (as in the datasets' own layouts)."""
+    out: list[Path] = []
+    for p in paths:
+        if not p.exists():
+            raise ClapkitError(f"input {p} does not exist")
+        if p.is_dir() and isinstance(source, ImageSource):
+            files = list_frames(p)
+            if not files:
+                raise ClapkitError(f"input folder {p} holds no images "
+                                   f"({'/'.join(IMAGE_EXTENSIONS)})")
+            out += files
+        elif p.is_file() and p.suffix.lower() not in (*VIDEO_EXTENSIONS, *IMAGE_EXTENSIONS):
+            raise ClapkitError(f"input {p}: not a video ({'/'.join(VIDEO_EXTENSIONS)}) nor an "
+                               f"image ({'/'.join(IMAGE_EXTENSIONS)})")
+        else:
+            out.append(p)
+    return out
+
+
+def detect_boxes(source: ClipSource, path: Path, detector: Any) -> dict[str, Any]:
+    """Face boxes in the layout ``source`` reads (one per clip: median over 3 frames; or one
+    per frame), as ``faces.detect_dataset_faces`` writes them for a dataset."""
+    if detector is None:
+        return {}
+    if source.box_layout == "frame":
+        frames, names = read_clip(path, lambda n: list(range(n)))
+        per = {nm: tuple(b) for nm, f in zip(names, frames) if (b := detector(f)) is not None}
+        return {"face": per} if per else {}
+    frames, _ = read_clip(path, lambda n: sorted(set(segment_indices(n, 3, False))))
+    boxes = [b for f in frames if (b := detector(f)) is not None]
+    if not boxes:
+        return {}
+    return {"face": tuple(float(v) for v in np.median(np.array(boxes), axis=0))}
+
+
+class _Inputs(torch.utils.data.Dataset):
+    def __init__(self, prep: Prepared, paths: list[Path], detector: Any) -> None:
+        self.prep, self.paths, self.detector = prep, paths, detector
+        self.transform = prep.pipeline.backbone.transform(False)
+        self.faces_found: list[bool | None] = [None] * len(paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        src, path = self.prep.source, self.paths[i]
+        if isinstance(src, ClipSource):
+            boxes = detect_boxes(src, path, self.detector)
+            self.faces_found[i] = bool(boxes) if self.detector is not None else None
+            ref = ItemRef(id=path.name, label=0, path=str(path), boxes=boxes)
+            frames = src.load(ref, False, random.Random(i))
+        elif isinstance(src, ImageSource):
+            from PIL import Image
+            try:
+                with Image.open(path) as im:
+                    frames = {"image": [im.convert("RGB")]}
+            except OSError as exc:
+                raise ClapkitError(f"cannot read image {path}: {exc}") from None
+        else:
+            raise ClapkitError(f"predict reads inputs for face/context clip datasets and image "
+                               f"datasets; the run's dataset '{self.prep.recipe.data.plugin}' "
+                               "is neither")
+        streams = {s: torch.stack([self.transform(im) for im in frames[s]])
+                   for s in src.streams}
+        return {"id": str(path), "label": 0, "index": i, "streams": streams}
+
+
+def _detector(source: Any) -> tuple[Any, str | None]:
+    if not isinstance(source, ClipSource) or "face" not in source.streams:
+        return None, None
+    from .data.faces import HaarFaceDetector
+    try:
+        return HaarFaceDetector(), None
+    except ClapkitError as exc:
+        return None, f"no face detector ({exc}); the face stream uses the centre crop"
+
+
+def predict(prep: Prepared, inputs: Sequence[Path]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Per input: predicted class and the probability of every seen class; plus notes."""
+    from .engine.distributed import DistInfo
+    from .engine.loop import evaluate
+    paths = expand_inputs(inputs, prep.source)
+    detector, note = _detector(prep.source)
+    ds = _Inputs(prep, paths, detector)
+    loader = torch.utils.data.DataLoader(ds, batch_size=prep.data.keys.eval_batch_size
+                                         or prep.data.keys.batch_size)
+    # inputs are new items: always through the image encoder, never the feature cache
+    _, got = evaluate(prep.pipeline, loader, _step_config(prep, "predict"), DistInfo(),
+                      collect=True)
+    assert got is not None
+    seen = prep.scenario.seen(prep.task) if prep.scenario.incremental else \
+        prep.scenario.num_classes
+    names = prep.class_names[:seen]
+    probs = torch.softmax(got.logits[:, :seen].float(), dim=1)
+    out = []
+    order = torch.argsort(got.index)
+    for row, idx in zip(probs[order], got.index[order].tolist()):
+        k = int(row.argmax())
+        out.append({"input": str(paths[idx]), "predicted": names[k],
+                    "probability": float(row[k]),
+                    "probabilities": {n: float(p) for n, p in zip(names, row.tolist())},
+                    "face_detected": ds.faces_found[idx]})
+    notes = [note] if note else []
+    missed = [r["input"] for r in out if r["face_detected"] is False]
+    if missed:
+        notes.append(f"no face found in {len(missed)} input(s) ({', '.join(missed[:3])}"
+                     f"{', ...' if len(missed) > 3 else ''}): face stream = centre crop")
+    return out, notes
+
+
+def format_predictions(rows: list[dict[str, Any]], top: int = 5) -> list[str]:
+    lines = []
+    for r in rows:
+        ranked = sorted(r["probabilities"].items(), key=lambda kv: -kv[1])[:top]
+        shown = ", ".join(f"{n} {100 * p:.1f}%" for n, p in ranked)
+        lines.append(f"{r['input']}: {r['predicted']} ({100 * r['probability']:.1f}%)   "
+                     f"[{shown}]")
+    return lines
