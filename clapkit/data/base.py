@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
+import stat
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -23,6 +25,8 @@ from typing import Any
 import attrs
 import torch
 from PIL import Image
+
+from ..errors import ClapkitError
 
 
 @attrs.frozen
@@ -67,13 +71,25 @@ class DatasetSource(ABC):
         """
 
     def fingerprint(self, split: str) -> str:
-        """Stable id of what ``split`` yields (items, labels, boxes, sampling options)."""
+        """Stable id of what ``split`` yields: items, labels, boxes, sampling options and the
+        cheap identity of the media files (:meth:`media_identity`), so a replaced or deleted
+        video changes it and a feature cache built from the old one is not reused."""
         h = hashlib.sha256()
         h.update(json.dumps(self.describe(), sort_keys=True, default=str).encode())
+        seen: dict[str, str] = {}
         for r in self.refs(split):
+            if r.path not in seen:
+                seen[r.path] = self.media_identity(r)
             h.update(f"{r.id}\t{r.label}\t{r.num_frames}\t"
-                     f"{json.dumps(r.boxes, sort_keys=True, default=str)}\n".encode())
+                     f"{json.dumps(r.boxes, sort_keys=True, default=str)}\t"
+                     f"{seen[r.path]}\n".encode())
         return h.hexdigest()[:16]
+
+    def media_identity(self, ref: ItemRef) -> str:
+        """Size and modification time of the file behind ``ref.path`` (a frame folder: its
+        mtime and number of entries; no such path: ``"-"``). Costs one ``stat`` per item;
+        a plugin whose items are not files overrides it."""
+        return file_identity(ref.path)
 
     def describe(self) -> dict[str, Any]:
         """Options that change what items yield (part of the fingerprint)."""
@@ -85,6 +101,40 @@ class DatasetSource(ABC):
         for r in self.refs(split):
             counts[r.label] += 1
         return counts
+
+
+def file_identity(path: str | os.PathLike) -> str:
+    """``size:mtime_ns`` of a file, ``dir:mtime_ns:entries`` of a folder, ``-`` if absent."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return "-"
+    if stat.S_ISDIR(st.st_mode):
+        try:
+            n = sum(1 for _ in os.scandir(path))
+        except OSError:
+            n = -1
+        return f"dir:{st.st_mtime_ns}:{n}"
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def classes_without_items(source: DatasetSource, split: str) -> list[str]:
+    """Names of the classes with no item in ``split``."""
+    return [source.classes[c] for c, n in enumerate(source.class_counts(split)) if n == 0]
+
+
+def require_items_per_class(source: DatasetSource, split: str) -> None:
+    """A class with no training items cannot be learnt (and silently skews every per-class
+    metric): an error naming the class(es)."""
+    empty = classes_without_items(source, split)
+    if empty:
+        name = getattr(source, "name", type(source).__name__)
+        raise ClapkitError(f"{name}: class{'es' if len(empty) > 1 else ''} "
+                           f"{', '.join(repr(c) for c in empty[:5])}"
+                           f"{' and more' if len(empty) > 5 else ''} ha"
+                           f"{'ve' if len(empty) > 1 else 's'} no items in split '{split}' "
+                           f"({sum(source.class_counts(split))} items over "
+                           f"{len(source.classes)} classes); add items or drop the class")
 
 
 class ClipDataset(torch.utils.data.Dataset):

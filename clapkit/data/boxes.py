@@ -206,7 +206,9 @@ def letterbox(image: Image.Image, fill: tuple[int, int, int] = (0, 0, 0)) -> Ima
 
 @attrs.define
 class BoxReport:
-    """How many items of a split found their box; the rest fall back to a centre crop."""
+    """How many items of a split found their box; the rest fall back to what the stream
+    uses without one (:attr:`fallback`): a face takes a centred square crop, a body (the
+    context stream with ``crop_body``) takes the full frame, letterboxed."""
 
     dataset: str
     split: str
@@ -219,19 +221,25 @@ class BoxReport:
     def found(self) -> int:
         return self.total - len(self.missing)
 
+    @property
+    def fallback(self) -> str:
+        """What an item without a box of this kind is cut to (see ClipSource.load)."""
+        return "the full frame" if self.kind == "body" else "a centre crop"
+
     def add(self, item_id: str, found: bool) -> None:
         self.total += 1
         if not found:
             self.missing.append(item_id)
-            log.debug("%s %s: no %s box for %s in %s, using a centre crop", self.dataset,
-                      self.split, self.kind, item_id, self.source or "<no box file>")
+            log.debug("%s %s: no %s box for %s in %s, using %s", self.dataset,
+                      self.split, self.kind, item_id, self.source or "<no box file>",
+                      self.fallback)
 
     def summary(self) -> str:
         where = self.source or "no box file"
         msg = (f"{self.dataset} split '{self.split}': {len(self.missing)} of {self.total} "
                f"items have no {self.kind} box ({where})")
         if self.missing:
-            msg += f"; they use a centre crop (first: {', '.join(self.missing[:3])})"
+            msg += f"; they use {self.fallback} (first: {', '.join(self.missing[:3])})"
         return msg
 
     def log(self) -> None:
@@ -246,4 +254,5 @@ class BoxReport:
                  "no box file (set face_boxes, or run `clapkit data detect-faces`)")
         return ClapkitError(f"{self.dataset} split '{self.split}': no {self.kind} box for clip "
                             f"'{first}' in {where} ({len(self.missing)} of {self.total} "
-                            f"missing); strict_boxes = true forbids the centre-crop fallback")
+                            f"missing); strict_boxes = true forbids the fallback to "
+                            f"{self.fallback}")

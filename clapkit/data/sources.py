@@ -24,11 +24,11 @@ import attrs
 from PIL import Image
 
 from ..errors import ClapkitError
-from .base import DatasetSource, ItemRef
+from .base import DatasetSource, ItemRef, file_identity
 from .boxes import (Box, BoxIndex, BoxReport, box_for_frame, clip_box, crop, frame_boxes,
                     letterbox)
 from .sampling import segment_indices
-from .video import read_clip
+from .video import read_clip, resolve_clip
 
 log = logging.getLogger("clapkit.data")
 
@@ -188,6 +188,13 @@ class ClipSource(DatasetSource):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), **attrs.asdict(self.opts)}
+
+    def media_identity(self, ref: ItemRef) -> str:
+        """The identity of the video file or frame folder :func:`read_clip` would read."""
+        try:
+            return file_identity(resolve_clip(Path(ref.path)))
+        except ClapkitError:
+            return "-"
 
 
 def _pick(entry: Any, name: str, index: int) -> Box | None:
