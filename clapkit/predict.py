@@ -20,7 +20,8 @@ import torch
 from .data.base import ItemRef
 from .data.sampling import segment_indices
 from .data.sources import ClipSource, ImageSource
-from .data.video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, list_frames, read_clip
+from .data.video import (IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, list_frames, read_clip,
+                         resolve_clip)
 from .errors import ClapkitError
 from .evaluation import Prepared, _step_config
 
@@ -31,7 +32,10 @@ def expand_inputs(paths: Sequence[Path], source: Any) -> list[Path]:
     out: list[Path] = []
     for p in paths:
         if not p.exists():
-            raise ClapkitError(f"input {p} does not exist")
+            try:
+                p = resolve_clip(p)          # name.avi for a frame folder "name", as lists do
+            except ClapkitError:
+                raise ClapkitError(f"input {p} does not exist") from None
         if p.is_dir() and isinstance(source, ImageSource):
             files = list_frames(p)
             if not files:

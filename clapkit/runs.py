@@ -1,6 +1,7 @@
 """``clapkit runs [DIR]``: one line per run folder found under DIR.
 
-A run folder is one that holds ``recipe.toml`` (what ``clapkit run`` writes first). What a
+A run folder holds ``recipe.toml`` (the resolved recipe) and at least one of what a run
+writes next (``checkpoints/``, ``metrics.jsonl``, ``summary.json``, a lock file). What a
 line shows comes from the files of the run, cheapest first: ``summary.json`` (written at the
 end), else ``metrics.jsonl`` (per-epoch events, when the jsonl logger is on), else the
 checkpoints' timestamps. Status: ``done`` (summary written), ``running`` (a live process holds
@@ -42,7 +43,7 @@ def find_runs(root: Path, max_depth: int = 3) -> list[Path]:
     found: list[Path] = []
 
     def walk(p: Path, depth: int) -> None:
-        if (p / "recipe.toml").is_file():
+        if is_run_folder(p):
             found.append(p)
             return
         if depth >= max_depth:
@@ -56,6 +57,13 @@ def find_runs(root: Path, max_depth: int = 3) -> list[Path]:
 
     walk(root, 0)
     return found
+
+
+def is_run_folder(p: Path) -> bool:
+    if not (p / "recipe.toml").is_file():
+        return False
+    return any((p / n).exists() for n in ("checkpoints", "metrics.jsonl", "summary.json",
+                                           *LOCK_NAMES))
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
