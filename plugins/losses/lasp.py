@@ -1,0 +1,95 @@
+"""`lasp` loss: CLAP4CLIP's language-aware prior term (after LASP; seed 000 section 5).
+
+For the kept classes k (current task while learning it, all seen in finetuning): with
+``P[k]`` the mean over hand-crafted templates of the L2-normalised text features of class k
+and ``N[k]`` the mean over Monte-Carlo samples of the adapter's noise samples (``eps``),
+``sims = P N^T`` and ``L = beta * CE(sims, diag)``: each class's samples must point at its
+own language prior rather than another class's. (The reference averages ``P_p . eps_s``
+over templates p and samples s; that is the same bilinear quantity.) Reference beta = 15.
+The template features are computed once at build with the frozen text encoder.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import attrs
+import torch
+import torch.nn.functional as F
+
+from clapkit import hookimpl
+from clapkit.errors import ClapkitError
+from clapkit.interfaces import BuildContext, Loss
+
+from ._variational_outputs import need_aux, step_classes
+
+DEFAULT_TEMPLATES = ["a photo of a {}.", "a bad photo of a {}.", "a photo of the large {}.",
+                     "a photo of the small {}.", "a rendering of a {}.", "itap of a {}."]
+
+
+def _check_templates(inst, attr, value: list[str]) -> None:
+    if not value:
+        raise ValueError("templates must hold at least one template")
+    for t in value:
+        if t.count("{}") != 1:
+            raise ValueError(f"template {t!r} must contain '{{}}' exactly once")
+
+
+@attrs.frozen
+class LaspConfig:
+    """``adapter``: the variational adapter; ``beta``: weight (reference 15);
+    ``scope``: "current" | "seen"; ``templates`` of the language prior."""
+
+    adapter: str = "variational"
+    beta: float = attrs.field(default=15.0, validator=attrs.validators.ge(0))
+    scope: Literal["current", "seen"] = attrs.field(
+        default="current", validator=attrs.validators.in_(("current", "seen")))
+    templates: list[str] = attrs.field(factory=lambda: list(DEFAULT_TEMPLATES),
+                                       validator=_check_templates)
+
+
+def lasp_value(prior: torch.Tensor, noise_mean: torch.Tensor) -> torch.Tensor:
+    """``CE(prior @ noise_mean^T, arange)`` for row-aligned ``[k,D]`` tensors."""
+    sims = prior @ noise_mean.t()
+    return F.cross_entropy(sims, torch.arange(sims.shape[0], device=sims.device))
+
+
+class Lasp(Loss):
+    """Language-aware prior: class samples must match their own template prior."""
+
+    def __init__(self, cfg: LaspConfig, prior: torch.Tensor) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.needs = (f"aux.{cfg.adapter}.noise_mean",)
+        self.register_buffer("prior", prior, persistent=False)          # [C,D]
+
+    def forward(self, outputs, batch) -> torch.Tensor:
+        nm = need_aux(outputs, self.cfg.adapter, "noise_mean", "lasp")   # [n,D]
+        n = nm.shape[0]
+        if n > self.prior.shape[0]:
+            raise ClapkitError(f"loss 'lasp': {n} classes in the samples but the language "
+                               f"prior knows {self.prior.shape[0]}")
+        keep = step_classes(batch, n, self.cfg.scope, nm.device)
+        prior = self.prior[:n].to(nm)[keep]
+        return self.cfg.beta * lasp_value(prior, nm[keep])
+
+
+def template_prior(ctx: BuildContext, templates: list[str]) -> torch.Tensor:
+    """``[C,D]``: per class, the mean of its L2-normalised template text features."""
+    bb = ctx.backbone
+    if bb is None:
+        raise ClapkitError("lasp needs the backbone (template text features)")
+    sentences = [t.format(c.replace("_", " ")) for c in ctx.class_names for t in templates]
+    with torch.no_grad():
+        feats = F.normalize(bb.encode_text(bb.tokenize(sentences)).float(), dim=-1)
+    return feats.reshape(len(ctx.class_names), len(templates), -1).mean(1)
+
+
+def build(cfg: LaspConfig, ctx: BuildContext) -> Lasp:
+    """Language-aware prior loss on the variational adapter's samples (beta 15)."""
+    return Lasp(cfg, template_prior(ctx, cfg.templates))
+
+
+@hookimpl
+def clapkit_register(registrar):
+    registrar.add("loss", "lasp", build, config=LaspConfig)
