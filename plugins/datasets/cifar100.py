@@ -4,6 +4,11 @@ Layout: ``<root>/cifar-100-python/{train,test,meta}`` (``root`` may also be that
 ``train``/``test`` are pickled dicts with ``b'data'`` (N x 3072 uint8, R, G and B planes of a
 32x32 image) and ``b'fine_labels'``; ``meta`` holds ``b'fine_label_names'``. The generated
 incremental demo uses the same layout (``generate_demo = true``).
+
+Pickles by nature: the python release *is* a set of pickle files, and unpickling can run code.
+They are read with an unpickler that only resolves the few globals the real files need (numpy
+array reconstruction); anything else -- a file that tries to call a function -- is refused.
+Take the files from the official page or a source you trust all the same.
 """
 
 from __future__ import annotations
@@ -45,10 +50,25 @@ def _get(d: dict, key: str) -> Any:
     raise KeyError(key)
 
 
+#: the only globals a CIFAR python pickle needs (numpy arrays); others are refused
+_ALLOWED_GLOBALS = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray",
+                                                                "_reconstruct"),
+                    ("numpy", "ndarray"), ("numpy", "dtype"),
+                    ("_codecs", "encode")}   # bytes in a protocol-2 pickle written by Python 3
+
+
+class _DataOnlyUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _ALLOWED_GLOBALS:
+            raise pickle.UnpicklingError(f"refused global {module}.{name} (a CIFAR file holds "
+                                         "only lists, bytes and numpy arrays)")
+        return super().find_class(module, name)
+
+
 def _load(file: Path) -> dict:
     try:
         with open(file, "rb") as fh:
-            return pickle.load(fh, encoding="bytes")
+            return _DataOnlyUnpickler(fh, encoding="bytes").load()
     except (OSError, pickle.UnpicklingError, EOFError) as exc:
         raise ClapkitError(f"{file}: not a CIFAR python pickle ({exc})") from None
 

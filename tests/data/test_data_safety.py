@@ -101,3 +101,27 @@ def test_missing_body_box_context_really_is_the_full_frame(make, tree, caplog):
     for g, w in zip(got, want):
         np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
     assert got[0].size == (64, 64)                              # 64x48 frame, letterboxed
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_cifar_pickles_may_hold_only_data(make, tmp_path):
+    import pickle
+
+    from clapkit.data.demo import ensure_demo
+    root = ensure_demo("incremental", tmp_path / "inc", tiny=True)
+    src = make("cifar100", root=str(root))
+    assert len(src.refs("train")) == 60                 # real layout: numpy arrays load
+    meta = root / "cifar-100-python" / "meta"
+    marker = tmp_path / "PWNED"
+    with open(meta, "wb") as fh:
+        pickle.dump({b"fine_label_names": [b"a"], b"x": _Payload(marker)}, fh, protocol=2)
+    with pytest.raises(ClapkitError, match="refused global"):
+        make("cifar100", root=str(root)).refs("train")
+    assert not marker.exists()
