@@ -57,15 +57,118 @@ class BuildContext:
         return len(self.class_names)
 
 
+@attrs.frozen
+class StepContext:
+    """Where a forward pass is (DESIGN.md section 4): built by the engine for every batch and
+    passed as ``batch["step"]``; components read it instead of untyped dicts.
+
+    ``seen_classes``: classes ``[0, seen_classes)`` in class order are seen so far (all of
+    them in a single-task run); adapters and routers compute only what those need.
+    """
+
+    task: int = 0
+    seen_classes: int | None = None        # None: every class (plain training, tests)
+    epoch: int = 0
+    num_samples: int = 1                   # Monte-Carlo samples (``run.num_samples``)
+    training: bool = False
+    task_of_class: torch.Tensor | None = None   # [C] long, class -> task
+    tasks_present: torch.Tensor | None = None   # tasks with a label in the batch (train only)
+    allocation: torch.Tensor | None = None      # [n_tasks] long, the router's sample counts
+    label: torch.Tensor | None = None           # [B] class-order labels (train only)
+    queries: torch.Tensor | None = None         # [Q,D] extra query rows offered by an
+    #   earlier text adapter in the chain (TextAdapterOutput.queries; row q = task q)
+
+    def seen(self, num_classes: int) -> int:
+        return num_classes if self.seen_classes is None else int(self.seen_classes)
+
+    @property
+    def num_tasks_seen(self) -> int:
+        return self.task + 1
+
+
+@attrs.frozen
+class TaskView:
+    """What a component may read at the end of a task: that task's training items (new
+    classes plus the replay memory), encoded by the current model in eval mode.
+
+    ``image`` holds the raw per-stream backbone features averaged over frames ``{s: [N,D]}``
+    (from the cache when the encoder is frozen); ``z`` the fused features ``[N,D]``.
+    """
+
+    task: int
+    classes: list[int]                    # class-order ids the task added
+    labels: torch.Tensor                  # [N] class-order labels
+    z: torch.Tensor                       # [N,D]
+    image: dict[str, torch.Tensor] = attrs.field(factory=dict)
+    index: torch.Tensor | None = None     # [N] train-split indices
+
+
+@attrs.frozen
+class ImageInputs:
+    """What a prompt style may condition on (``Prompt.needs_image_features``): the adapted
+    fused feature ``z [B,D]`` and the raw CLIP features per stream ``{s: [B,D]}`` (frame
+    mean, before any adapter; AttriCLIP matches its keys against these)."""
+
+    z: torch.Tensor
+    raw: dict[str, torch.Tensor] = attrs.field(factory=dict)
+
+    @property
+    def raw_mean(self) -> torch.Tensor:
+        """The raw features averaged over streams ``[B,D]`` (the single stream's as is)."""
+        vals = list(self.raw.values())
+        if not vals:
+            return self.z
+        return vals[0] if len(vals) == 1 else torch.stack(vals).mean(0)
+
+
+class Component(nn.Module):
+    """Base of every module kind: the task lifecycle and the declared outputs.
+
+    The trainer calls ``on_task_start`` before a task's first stage and ``on_task_end`` after
+    its memory update, on every component (prompts, adapters, router, head, losses).
+    *Growth happens only in* ``on_task_start`` (add a per-task parameter, freeze the old
+    ones, snapshot the previous task for distillation): a resumed run replays
+    ``on_task_start(0..t)`` before loading the checkpoint, so grown state loads strictly.
+    ``on_task_end`` may only change the values of existing parameters and buffers (e.g.
+    fill the anchor of the finished task). State must be parameters or buffers so it
+    checkpoints.
+
+    ``aux_keys`` names the extra tensors the component returns in its ``aux`` dict; the
+    pipeline publishes them as ``aux.<section name>.<key>`` step outputs and loss ``needs``
+    are checked against that declaration.
+    """
+
+    aux_keys: ClassVar[tuple[str, ...]] = ()
+
+    def on_task_start(self, task: int, seen_classes: int) -> None:
+        """Task ``task`` (0-based) begins; classes ``[0, seen_classes)`` are now known."""
+
+    def on_task_end(self, task: int, view: TaskView) -> None:
+        """Task ``task`` ended (after its stages and the memory update)."""
+
+
 class Backbone(nn.Module):
     """A CLIP model. ``encode_*`` return un-normalised features.
 
     ``fingerprint()`` is a stable id of the weights and preprocessing; the feature cache keys
-    on it, so two different checkpoints must never share one.
+    on it, so two different checkpoints must never share one. Widths and depths come from
+    the model (never hard-coded by a prompt style): ``text_width``/``vision_width`` are the
+    token widths inside the towers, ``text_layers``/``vision_layers`` their block counts.
+
+    Deep prompts (``deep_prompts`` of ``encode_text_embedded``/``encode_image_prompted``):
+    one convention for both towers -- ``deep_prompts[j]`` is used as the input of block
+    ``j`` (0-based). Entry 0 is the prompt present from the start (text: it replaces the
+    ``n`` tokens after SOT in the embeddings; vision: appended after the patch tokens);
+    entry ``j >= 1`` replaces the prompt tokens output by block ``j-1``. ``None`` entries
+    and positions past the list let the previous prompt outputs pass through.
     """
 
     embed_dim: int
     image_size: int
+    text_width: int
+    vision_width: int
+    text_layers: int
+    vision_layers: int
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:  # [B,3,H,W] -> [B,D]
         raise NotImplementedError
@@ -93,46 +196,59 @@ class Backbone(nn.Module):
         raise NotImplementedError
 
     def encode_text_embedded(self, embeddings: torch.Tensor, tokens: torch.Tensor,
-                             deep_prompts: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
-        """Text tower from token embeddings ``[C,L,W]`` (pooled at the EOT of ``tokens``);
-        ``deep_prompts[j]`` ``[n,W]`` replaces the n tokens after SOT in layer j+1."""
+                             deep_prompts: Sequence[torch.Tensor | None] | None = None
+                             ) -> torch.Tensor:
+        """Text tower from token embeddings ``[C,L,Wt]`` (pooled at the EOT of ``tokens``);
+        ``deep_prompts[j]`` ``[n,Wt]`` (or ``[C,n,Wt]``) is the prompt input of block j
+        (see the class docstring; entry 0 is normally already in ``embeddings``)."""
         raise NotImplementedError
 
     def encode_image_prompted(self, images: torch.Tensor,
-                              deep_prompts: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Vision tower with ``deep_prompts[j]`` ``[n,Wv]`` as extra tokens in layer j."""
+                              deep_prompts: Sequence[torch.Tensor | None]) -> torch.Tensor:
+        """Vision tower with ``deep_prompts[j]`` ``[n,Wv]`` as the prompt tokens input to
+        block j (appended after the patch tokens, stripped before pooling);
+        ``encode_image_prompted(x, []) == encode_image(x)``."""
         raise NotImplementedError
 
 
-class Prompt(nn.Module):
+class Prompt(Component):
     """Turns class names into text features ``[C,D]`` (or per-image ``[B,C,D]``).
 
     ``changes_image_encoder`` is True for styles that inject prompts into the vision tower
-    (MaPLe): image features then cannot come from the cache.
+    (MaPLe): image features then cannot come from the cache (the frozen weights still run
+    in eval mode). ``needs_image_features``: ``forward`` receives :class:`ImageInputs`
+    (CoCoOp, AttriCLIP); otherwise it receives ``None``.
     """
 
     changes_image_encoder: ClassVar[bool] = False
-    needs_image_features: ClassVar[bool] = False  # AttriCLIP picks prompts per image
+    needs_image_features: ClassVar[bool] = False
 
-    def forward(self, image_features: torch.Tensor | None = None) -> PromptOutput:
+    def forward(self, image: ImageInputs | None = None,
+                step: StepContext | None = None) -> PromptOutput:
         raise NotImplementedError
 
     def vision_prompts(self) -> Any:
         """Deep prompts for the vision tower when ``changes_image_encoder``; else None."""
         return None
 
+    def refresh(self) -> None:
+        """Recompute anything derived from the backbone's text tower (called when a stage
+        trains the text tower; styles that precompute features at build must do it here)."""
+
 
 @attrs.define
 class PromptOutput:
     text: torch.Tensor                                   # [C,D] or [B,C,D]
-    aux: dict[str, torch.Tensor] = attrs.field(factory=dict)  # extra outputs for losses
+    aux: dict[str, torch.Tensor] = attrs.field(factory=dict)  # keys declared in aux_keys
 
 
-class Adapter(nn.Module):
+class Adapter(Component):
     """A trainable module on features, declared for one ``place``.
 
     image:  ``[B,T,D] -> [B,T,D]`` per frame;       video: ``[B,T,D] -> [B,D]``;
-    fusion: ``{stream: [B,D]} -> [B,D]``;           text: see :class:`TextAdapterOutput`.
+    fusion: ``{stream: [B,D]} -> [B,D]``;
+    text:   ``forward(text [C,D] | [B,C,D], z [B,D], step: StepContext)`` ->
+            :class:`TextAdapterOutput`.
     """
 
     place: ClassVar[str] = "image"
@@ -140,22 +256,31 @@ class Adapter(nn.Module):
 
 @attrs.define
 class TextAdapterOutput:
-    """A text adapter's result: adapted text ``[B,C,D]`` or samples ``[S,B,C,D]``."""
+    """A text adapter's result: adapted text ``[B,C,D]`` or samples ``[S,B,C,D]``.
+
+    ``sample_mask`` ``[S,C]`` (bool) marks which samples are real for which class when tasks
+    got different sample counts (ragged allocation); heads average only over real samples.
+    """
 
     text: torch.Tensor
     distribution: torch.distributions.Distribution | None = None
     aux: dict[str, torch.Tensor] = attrs.field(factory=dict)
+    sample_mask: torch.Tensor | None = None
+    #: Extra query rows ``[Q,D]`` (row q belongs to task q) offered to the text adapters
+    #: after this one: the pipeline hands them on as ``step.queries`` (``task_tokens`` ->
+    #: ``vga``). None: this adapter offers none (the previous offer stays).
+    queries: torch.Tensor | None = None
 
 
-class Router(nn.Module):
-    """How many of ``num_samples`` Monte-Carlo samples each task gets.
+class Router(Component):
+    """How many of ``step.num_samples`` Monte-Carlo samples each task gets.
 
-    ``forward(z [B,D], num_samples, task_of_class [C], tasks_present) -> LongTensor[n_tasks]``;
-    works without labels at test time; at train time every task in ``tasks_present`` gets >= 1.
+    ``forward(z [B,D], step) -> LongTensor[n_tasks]`` (``n_tasks`` = tasks in
+    ``step.task_of_class``); works without labels at test time; at train time every task in
+    ``step.tasks_present`` gets >= 1, and no allocation is all zeros.
     """
 
-    def forward(self, z: torch.Tensor, num_samples: int, task_of_class: torch.Tensor,
-                tasks_present: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, step: StepContext) -> torch.Tensor:
         raise NotImplementedError
 
 
@@ -163,16 +288,22 @@ class Router(nn.Module):
 class HeadOutput:
     logits: torch.Tensor                          # [B,C]
     sample_logits: torch.Tensor | None = None     # [S,B,C] when text came as samples
+    sample_mask: torch.Tensor | None = None       # [S,C] bool: real samples (ragged S)
 
     @classmethod
-    def from_logits(cls, logits: torch.Tensor) -> HeadOutput:
-        """``[B,C]`` as is; ``[S,B,C]`` Monte-Carlo logits averaged over samples."""
+    def from_logits(cls, logits: torch.Tensor,
+                    sample_mask: torch.Tensor | None = None) -> HeadOutput:
+        """``[B,C]`` as is; ``[S,B,C]`` Monte-Carlo logits averaged over (real) samples."""
         if logits.dim() == 3:
-            return cls(logits=logits.mean(0), sample_logits=logits)
+            if sample_mask is None:
+                return cls(logits=logits.mean(0), sample_logits=logits)
+            w = sample_mask.to(logits.dtype)[:, None, :]                  # [S,1,C]
+            mean = (logits * w).sum(0) / w.sum(0).clamp_min(1)
+            return cls(logits=mean, sample_logits=logits, sample_mask=sample_mask)
         return cls(logits=logits)
 
 
-class Head(nn.Module):
+class Head(Component):
     """Logits from ``z [B,D]`` and the text view (``[C,D]``, ``[B,C,D]`` or ``[S,B,C,D]``).
 
     ``views`` holds every prompt view by name for heads that mix several (IEC).
@@ -183,11 +314,12 @@ class Head(nn.Module):
         raise NotImplementedError
 
 
-class Loss(nn.Module):
+class Loss(Component):
     """One named term of the total loss; returns a scalar.
 
-    ``needs`` names the step outputs it reads (``logits``, ``z``, ``views.<name>``, ...); the
-    pipeline checks at build time that something produces them.
+    ``needs`` names the step outputs it reads (``logits``, ``z``, ``views.<name>``,
+    ``aux.<section>.<key>``, ``distributions.<adapter>``, ...); the pipeline checks at build
+    time that something declares them (:meth:`Pipeline.available_outputs`).
     """
 
     needs: tuple[str, ...] = ("logits",)
@@ -199,15 +331,33 @@ class Loss(nn.Module):
         """Called once the pipeline exists (for losses that keep a momentum copy of it)."""
 
 
+@attrs.frozen
+class SelectionInputs:
+    """What an exemplar selector ranks (one item per candidate, aligned by position).
+
+    Logits are restricted to the classes seen so far (``[N, C_seen]``, no ``-inf``);
+    ``sample_logits`` ``[S,N,C_seen]`` keeps each item's own Monte-Carlo samples (padded to
+    the largest count), with ``sample_mask`` ``[S,N,C_seen]`` marking the real ones when the
+    sample count varied between batches or tasks (None otherwise).
+    """
+
+    features: torch.Tensor                        # [N,D] fused image features z
+    labels: torch.Tensor                          # [N] class-order labels
+    logits: torch.Tensor                          # [N,C_seen]
+    sample_logits: torch.Tensor | None = None     # [S,N,C_seen]
+    sample_mask: torch.Tensor | None = None       # [S,N,C_seen] bool
+    index: torch.Tensor | None = None             # [N] train-split indices
+
+
 class Selector:
-    """Chooses replay exemplars: ``select(features, labels, budget, scores) -> indices``.
+    """Chooses replay exemplars: ``select(inputs, budget) -> LongTensor`` of positions into
+    ``inputs`` (not dataset indices).
 
     Class-balanced: each class present gets ``budget // n_classes`` (the remainder to the
     first classes), never more than it has.
     """
 
-    def select(self, features: torch.Tensor, labels: torch.Tensor, budget: int,
-               scores: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    def select(self, inputs: SelectionInputs, budget: int) -> torch.Tensor:
         raise NotImplementedError
 
 

@@ -15,19 +15,25 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import attrs
 import torch
 from einops import rearrange
 from torch import nn
 
 from .build import build_component
 from .errors import ClapkitError
-from .interfaces import Adapter, Backbone, BuildContext, Head, Loss, Prompt, Router
+from .interfaces import (Adapter, Backbone, BuildContext, Component, Head, HeadOutput,
+                         ImageInputs, Loss, Prompt, Router, StepContext, TaskView)
 from .recipe import ComponentSpec, Recipe
 from .sections import LossKeys
 
 
 class Pipeline(nn.Module):
-    """The model of a run. ``forward(batch)`` returns the outputs dict losses read."""
+    """The model of a run. ``forward(batch)`` returns the outputs dict losses read.
+
+    ``batch["step"]`` is the :class:`StepContext` the engine built for the batch (a default
+    one -- every class seen, not training -- when absent, e.g. in unit tests).
+    """
 
     def __init__(self, *, backbone: Backbone, prompts: dict[str, Prompt],
                  adapters: dict[str, nn.Module], adapter_places: dict[str, str],
@@ -49,36 +55,84 @@ class Pipeline(nn.Module):
         self.num_samples = num_samples
         self.register_buffer("task_of_class", torch.as_tensor(task_of_class, dtype=torch.long),
                              persistent=False)
+        encoders = [n for n, p in self.prompts.items() if p.changes_image_encoder]
+        if len(encoders) > 1:
+            raise ClapkitError(f"prompts: '{encoders[0]}' and '{encoders[1]}' both change the "
+                               "image encoder (deep vision prompts); a pipeline can use one")
+        self.image_prompt: str | None = encoders[0] if encoders else None
 
     # -- structure ---------------------------------------------------------------------------
 
     def _adapters_at(self, place: str) -> list[tuple[str, nn.Module]]:
         return [(n, m) for n, m in self.adapters.items() if self.adapter_places[n] == place]
 
+    def components(self) -> list[tuple[str, Component]]:
+        """Every lifecycle component with its dotted module name, in a fixed order: prompts,
+        adapters (per-stream ones each), router, head, losses."""
+        out: list[tuple[str, Component]] = []
+        for prefix, mod in (("prompts", self.prompts), ("adapters", self.adapters),
+                            ("router", self.router), ("head", self.head),
+                            ("losses", self.losses)):
+            if mod is None:
+                continue
+            if isinstance(mod, Component):
+                out.append((prefix, mod))
+                continue
+            for name, sub in mod.named_modules(prefix=prefix):
+                if isinstance(sub, Component):
+                    out.append((name, sub))
+        return out
+
     @property
     def changes_image_encoder(self) -> bool:
-        return any(p.changes_image_encoder for p in self.prompts.values())
+        return self.image_prompt is not None
+
+    def backbone_trainable(self) -> bool:
+        """True when some backbone weight trains (then it runs in train mode)."""
+        return any(p.requires_grad for p in self.backbone.parameters())
+
+    def features_cacheable(self) -> bool:
+        """True when image features can come from the cache in the current state: no
+        backbone weight trains and no prompt changes the image encoder."""
+        return not (self.changes_image_encoder or self.backbone_trainable())
 
     def image_encoder_trainable(self) -> bool:
-        """True when image features cannot come from the cache in the current state."""
-        return self.changes_image_encoder or any(
-            p.requires_grad for p in self.backbone.parameters())
+        """Gradients pass through the image encoder (the opposite of features_cacheable)."""
+        return not self.features_cacheable()
+
+    def text_adapter_names(self) -> list[str]:
+        return [n for n, _ in self._adapters_at("text")]
+
+    def has_samples(self) -> bool:
+        return bool(self._adapters_at("text")) or self.num_samples > 1
+
+    def aux_sources(self) -> dict[str, Component]:
+        """The components whose ``aux`` outputs are published, by section name (prompt and
+        text-adapter names)."""
+        out: dict[str, Component] = dict(self.prompts.items())
+        out.update({n: m for n, m in self._adapters_at("text")})
+        return out
 
     def available_outputs(self) -> set[str]:
-        out = {"logits", "z", "text", "features", "stream_z", "views"}
+        """Every name a loss may list in ``needs``, built from the components' declarations:
+        the base outputs, ``views.<prompt>``, ``aux.<prompt|text adapter>.<key>`` (from
+        ``aux_keys``), ``distributions.<text adapter>``, and ``sample_logits`` /
+        ``sample_mask`` when the model samples."""
+        out = set(BASE_OUTPUTS)
         out |= {f"views.{n}" for n in self.prompts}
-        if self._adapters_at("text") or self.num_samples > 1:
-            out.add("sample_logits")
+        for name, comp in self.aux_sources().items():
+            out |= {f"aux.{name}.{k}" for k in getattr(comp, "aux_keys", ())}
+        out |= {f"distributions.{n}" for n in self.text_adapter_names()}
+        if self.has_samples():
+            out |= {"sample_logits", "sample_mask"}
         return out
 
     # -- forward -----------------------------------------------------------------------------
 
     def encode_frames(self, streams: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Per-frame image features ``{s: [B,T,D]}`` from pixels ``{s: [B,T,3,H,W]}``."""
-        deep = None
-        for p in self.prompts.values():
-            if p.changes_image_encoder:
-                deep = p.vision_prompts()
+        deep = (self.prompts[self.image_prompt].vision_prompts()
+                if self.image_prompt is not None else None)
         grad = torch.is_grad_enabled() and self.image_encoder_trainable()
         out = {}
         with torch.set_grad_enabled(grad):
@@ -102,36 +156,68 @@ class Pipeline(nn.Module):
         momentum encoder."""
         return VisualPart(self.adapters, self.adapter_places, self.streams)
 
+    def default_step(self, batch: dict[str, Any]) -> StepContext:
+        """The step of a batch that brought none: every class seen, the run's sample count."""
+        return StepContext(num_samples=self.num_samples, training=self.training,
+                           task=int(self.task_of_class.max()) if self.task_of_class.numel()
+                           else 0, task_of_class=self.task_of_class,
+                           label=batch.get("label") if self.training else None)
+
     def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
+        step: StepContext = batch.get("step") or self.default_step(batch)
         features = batch.get("features")
         if features is None:
             features = self.encode_frames(batch["streams"])
+        raw = {s: f.mean(1) for s, f in features.items()}
         z, stream_z = self.visual(features)
         views: dict[str, torch.Tensor] = {}
         aux: dict[str, torch.Tensor] = {}
+        image = ImageInputs(z=z, raw=raw)
         for name, prompt in self.prompts.items():
-            po = prompt(z if prompt.needs_image_features else None)
+            po = prompt(image if prompt.needs_image_features else None, step)
             views[name] = po.text
-            aux.update({f"{name}.{k}": v for k, v in po.aux.items()})
+            aux.update(_published(name, prompt, po.aux))
         text = views[self.head_view]
         distributions = {}
+        sample_mask = None
         text_adapters = self._adapters_at("text")
         if text_adapters:
-            alloc = (self.router(z, self.num_samples, self.task_of_class,
-                                 batch.get("tasks_present"))
-                     if self.router is not None else None)
+            if self.router is not None:
+                step = attrs.evolve(step, allocation=self.router(z, step))
             for name, ta in text_adapters:
-                res = ta(text, z, {"num_samples": self.num_samples, "allocation": alloc,
-                                   "task_of_class": self.task_of_class,
-                                   "label": batch.get("label")})
+                res = ta(text, z, step)
                 text = res.text
+                if res.sample_mask is not None:
+                    sample_mask = res.sample_mask
                 if res.distribution is not None:
                     distributions[name] = res.distribution
-                aux.update({f"{name}.{k}": v for k, v in res.aux.items()})
+                aux.update(_published(name, ta, res.aux))
+                queries = getattr(res, "queries", None)
+                if queries is not None:
+                    step = attrs.evolve(step, queries=queries)
         head_out = self.head(z, text, views)
+        if (sample_mask is not None and head_out.sample_mask is None
+                and head_out.sample_logits is not None):
+            # ragged samples: average only the real ones (the head saw padded text)
+            head_out = HeadOutput.from_logits(head_out.sample_logits, sample_mask)
         return {"logits": head_out.logits, "sample_logits": head_out.sample_logits,
-                "z": z, "stream_z": stream_z, "features": features, "views": views,
-                "text": text, "aux": aux, "distributions": distributions}
+                "sample_mask": head_out.sample_mask, "z": z, "stream_z": stream_z,
+                "features": features, "raw": raw, "views": views, "text": text, "aux": aux,
+                "distributions": distributions, "step": step}
+
+    def refresh_prompts(self) -> None:
+        """Recompute what prompt styles derived from the text tower (after it trained)."""
+        for p in self.prompts.values():
+            p.refresh()
+
+    def on_task_start(self, task: int, seen_classes: int) -> None:
+        """Every component's ``on_task_start`` (growth happens here)."""
+        for _, comp in self.components():
+            comp.on_task_start(task, seen_classes)
+
+    def on_task_end(self, task: int, view: TaskView) -> None:
+        for _, comp in self.components():
+            comp.on_task_end(task, view)
 
     def compute_losses(self, outputs: dict[str, Any], batch: dict[str, Any],
                        epoch: int) -> tuple[torch.Tensor, dict[str, float]]:
@@ -148,6 +234,33 @@ class Pipeline(nn.Module):
             total = total + w * value
         terms["total"] = float(total.detach())
         return total, terms
+
+
+#: outputs every pipeline returns (``raw``: per-stream frame-mean backbone features)
+BASE_OUTPUTS = ("logits", "z", "text", "features", "raw", "stream_z", "views", "step")
+
+
+def _published(section: str, comp: nn.Module, aux: dict[str, torch.Tensor]
+               ) -> dict[str, torch.Tensor]:
+    """``aux`` keys as ``<section>.<key>``; a key the component did not declare in
+    ``aux_keys`` is an error (a loss could never have declared a need for it)."""
+    declared = getattr(comp, "aux_keys", ())
+    for k in aux:
+        if k not in declared:
+            raise ClapkitError(f"{section}: {type(comp).__name__} returned aux output '{k}' "
+                               f"but declares aux_keys = {tuple(declared)}; declare it")
+    return {f"{section}.{k}": v for k, v in aux.items()}
+
+
+def output(outputs: dict[str, Any], name: str) -> Any:
+    """One step output by its declared name (``logits``, ``views.soft``,
+    ``aux.variational.kl``, ``distributions.variational``)."""
+    head, _, rest = name.partition(".")
+    if not rest:
+        return outputs[head]
+    if head == "aux":
+        return outputs["aux"][rest]
+    return outputs[head][rest]
 
 
 def visual_forward(adapters: nn.ModuleDict, places: dict[str, str], streams: tuple[str, ...],
@@ -195,6 +308,11 @@ def build_pipeline(recipe: Recipe, ctx: BuildContext, backbone: Backbone | None 
         backbone = build_component(recipe.backbone, ctx)
     ctx.backbone = backbone
     prompts = {n: build_component(s, ctx) for n, s in recipe.prompts.items()}
+    encoders = [n for n, p in prompts.items() if p.changes_image_encoder]
+    if len(encoders) > 1:
+        raise ClapkitError(f"{recipe.file}: prompts: '{encoders[0]}' and '{encoders[1]}' both "
+                           "change the image encoder (deep vision prompts); a pipeline can "
+                           "use only one")
     adapters: dict[str, nn.Module] = {}
     places: dict[str, str] = {}
     for name, spec in recipe.adapters.items():

@@ -20,6 +20,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..errors import ClapkitError
+from ..interfaces import StepContext
 from ..metrics import ClassificationMeter
 from .distributed import DistInfo, all_reduce_sum
 
@@ -137,12 +138,27 @@ class StepConfig:
     task_of_class: torch.Tensor
     num_classes: int
     seen: int | None = None            # restrict logits to classes [0, seen)
+    task: int = 0                      # the current task (0-based)
+    num_samples: int = 1               # Monte-Carlo samples (run.num_samples)
     amp: AmpPolicy = AmpPolicy()
     grad_clip: float = 0.0
     mixup_alpha: float = 0.0
     mix_seed: int = 0
     progress: bool = False
     desc: str = ""
+
+
+def step_context(cfg: StepConfig, epoch: int, label: torch.Tensor | None,
+                 training: bool) -> StepContext:
+    """Where this batch is (``batch["step"]``): task, seen classes, epoch, samples; at train
+    time also the labels and the tasks present in the batch."""
+    toc = cfg.task_of_class.to(cfg.device)
+    if training and label is not None:
+        return StepContext(task=cfg.task, seen_classes=cfg.seen, epoch=epoch,
+                           num_samples=cfg.num_samples, training=True, task_of_class=toc,
+                           tasks_present=tasks_present(label, toc), label=label)
+    return StepContext(task=cfg.task, seen_classes=cfg.seen, epoch=epoch,
+                       num_samples=cfg.num_samples, training=False, task_of_class=toc)
 
 
 def _bar(loader: Iterable, cfg: StepConfig, info: DistInfo) -> Any:
@@ -157,8 +173,11 @@ def train_epoch(model: nn.Module, pipeline: nn.Module, loader: Iterable,
     """One pass over ``loader``; ``model`` is the pipeline or its DDP wrapper, ``epoch`` the
     0-based epoch of the stage (loss schedules read it). The scheduler steps per batch."""
     model.train()
-    if not pipeline.image_encoder_trainable():
-        pipeline.backbone.eval()        # a frozen CLIP keeps its eval behaviour
+    if not pipeline.backbone_trainable():
+        # frozen CLIP weights keep their eval behaviour, also when gradients pass through
+        # the encoder to deep vision prompts (MaPLe)
+        pipeline.backbone.eval()
+    refresh = getattr(pipeline, "refresh_each_step", False)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     meter = ClassificationMeter(cfg.num_classes, cfg.device)
     rng = np.random.default_rng(cfg.mix_seed)
@@ -171,10 +190,12 @@ def train_epoch(model: nn.Module, pipeline: nn.Module, loader: Iterable,
     bar = _bar(loader, cfg, info)
     for raw in bar:
         batch = to_device(raw, cfg.device, cfg.remap)
-        batch["tasks_present"] = tasks_present(batch["label"], cfg.task_of_class)
         batch["epoch"] = epoch
+        batch["step"] = step_context(cfg, epoch, batch["label"], training=True)
         if cfg.mixup_alpha > 0:
             batch = mix_batch(batch, cfg.mixup_alpha, rng, gen)
+        if refresh:
+            pipeline.refresh_prompts()
         with cfg.amp.autocast():
             outputs = restrict_logits(model(batch), cfg.seen)
             total, terms = pipeline.compute_losses(outputs, batch, epoch)
@@ -223,37 +244,72 @@ def train_epoch(model: nn.Module, pipeline: nn.Module, loader: Iterable,
 
 @attrs.define
 class Collected:
-    """Per-item outputs gathered by :func:`evaluate` with ``collect=True`` (this rank's)."""
+    """Per-item outputs gathered by :func:`evaluate` with ``collect=True`` (this rank's).
+
+    ``sample_logits`` ``[S,N,C]`` is padded to the largest sample count of any batch;
+    ``sample_mask`` ``[S,N,C]`` (bool) marks the real samples then (None when every batch
+    had the same count and no ragged allocation). ``raw``: per-stream frame-mean backbone
+    features ``{s: [N,D]}``.
+    """
 
     index: torch.Tensor
     label: torch.Tensor
     z: torch.Tensor
     logits: torch.Tensor
     sample_logits: torch.Tensor | None = None
+    sample_mask: torch.Tensor | None = None
+    raw: dict[str, torch.Tensor] = attrs.field(factory=dict)
+
+
+def pad_samples(parts: list[torch.Tensor], masks: list[torch.Tensor | None]
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Concatenate per-batch ``[S_b,B_b,C]`` sample logits along items, padding to the
+    largest ``S`` with zeros; the mask ``[S,N,C]`` marks the real samples (None when no
+    batch was ragged). ``masks[b]`` is the batch's ``[S_b,C]`` or ``[S_b,B_b,C]`` mask."""
+    s_max = max(p.shape[0] for p in parts)
+    ragged = any(m is not None for m in masks) or any(p.shape[0] != s_max for p in parts)
+    padded, mask_parts = [], []
+    for p, m in zip(parts, masks):
+        s, b, c = p.shape
+        padded.append(torch.nn.functional.pad(p, (0, 0, 0, 0, 0, s_max - s)))
+        if ragged:
+            real = (torch.ones(s, b, c, dtype=torch.bool) if m is None
+                    else (m.bool()[:, None, :] if m.dim() == 2 else m.bool()).expand(s, b, c))
+            mask_parts.append(torch.nn.functional.pad(real, (0, 0, 0, 0, 0, s_max - s)))
+    out = torch.cat(padded, dim=1)
+    return out, (torch.cat(mask_parts, dim=1) if ragged else None)
 
 
 @torch.no_grad()
 def evaluate(pipeline: nn.Module, loader: Iterable, cfg: StepConfig, info: DistInfo,
-             collect: bool = False) -> tuple[ClassificationMeter, Collected | None]:
+             collect: bool = False, on_outputs: Any = None
+             ) -> tuple[ClassificationMeter, Collected | None]:
     """Confusion matrix over ``loader`` (summed over ranks); optionally the per-item ``z``,
-    logits and sample logits (for the exemplar selector)."""
+    raw features, logits and sample logits (for the exemplar selector and task views).
+    ``on_outputs(batch, outputs)`` sees every batch's (restricted) outputs."""
     pipeline.eval()
     meter = ClassificationMeter(cfg.num_classes, cfg.device)
-    parts: dict[str, list[torch.Tensor]] = {"index": [], "label": [], "z": [], "logits": [],
-                                            "sample_logits": []}
+    parts: dict[str, list[Any]] = {"index": [], "label": [], "z": [], "logits": [],
+                                   "sample_logits": [], "sample_mask": [], "raw": []}
     for raw in _bar(loader, cfg, info):
         batch = to_device(raw, cfg.device, cfg.remap)
+        batch["step"] = step_context(cfg, 0, None, training=False)
         with cfg.amp.autocast():
             outputs = restrict_logits(pipeline(batch), cfg.seen)
         logits = outputs["logits"].float()
         meter.update(logits, batch["label"])
+        if on_outputs is not None:
+            on_outputs(batch, outputs)
         if collect:
             parts["index"].append(batch["index"].cpu())
             parts["label"].append(batch["label"].cpu())
             parts["z"].append(outputs["z"].float().cpu())
             parts["logits"].append(logits.cpu())
+            parts["raw"].append({s: f.float().cpu() for s, f in outputs.get("raw", {}).items()})
             if outputs.get("sample_logits") is not None:
                 parts["sample_logits"].append(outputs["sample_logits"].float().cpu())
+                m = outputs.get("sample_mask")
+                parts["sample_mask"].append(None if m is None else m.cpu())
     all_reduce_sum(meter.confusion, info)
     if not collect:
         return meter, None
@@ -261,7 +317,9 @@ def evaluate(pipeline: nn.Module, loader: Iterable, cfg: StepConfig, info: DistI
         empty = torch.zeros(0, dtype=torch.long)
         return meter, Collected(index=empty, label=empty, z=torch.zeros(0, 0),
                                 logits=torch.zeros(0, cfg.num_classes))
-    sl = torch.cat(parts["sample_logits"], dim=1) if parts["sample_logits"] else None
+    sl, sm = (pad_samples(parts["sample_logits"], parts["sample_mask"])
+              if parts["sample_logits"] else (None, None))
+    raws = {s: torch.cat([r[s] for r in parts["raw"]]) for s in parts["raw"][0]}
     return meter, Collected(index=torch.cat(parts["index"]), label=torch.cat(parts["label"]),
                             z=torch.cat(parts["z"]), logits=torch.cat(parts["logits"]),
-                            sample_logits=sl)
+                            sample_logits=sl, sample_mask=sm, raw=raws)

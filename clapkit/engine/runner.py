@@ -308,6 +308,7 @@ class Trainer:
         return StepConfig(device=self.device, remap=self.remap,
                           task_of_class=self.task_of_class_t,
                           num_classes=self.scenario.num_classes, seen=self._seen(task),
+                          task=task, num_samples=r.run.num_samples,
                           amp=self.amp, grad_clip=r.run.grad_clip, mixup_alpha=r.run.mixup_alpha,
                           progress=r.run.progress, desc=desc, **kw)
 
@@ -439,7 +440,8 @@ class Trainer:
         _, collected = evaluate(self.pipeline, loader, self._step_cfg(task, "memory"),
                                 self.info, collect=True)
         assert collected is not None
-        return select_exemplars(self.selector, collected, self.recipe.memory.size)
+        return select_exemplars(self.selector, collected, self.recipe.memory.size,
+                                self._seen(task))
 
     # -- checkpoints --------------------------------------------------------------------------
 

@@ -25,7 +25,8 @@ from torch import nn
 
 from clapkit import hookimpl
 from clapkit.errors import ClapkitError
-from clapkit.interfaces import Backbone, BuildContext, Prompt, PromptOutput
+from clapkit.interfaces import (Backbone, BuildContext, ImageInputs, Prompt, PromptOutput,
+                                StepContext)
 
 PLACEHOLDER = "X"
 
@@ -128,7 +129,8 @@ class CoOpPrompt(Prompt):
         source = torch.cat([self.embedded.to(ctx.dtype), ctx], dim=1)
         return source.gather(1, self.index.unsqueeze(-1).expand(-1, -1, w))
 
-    def forward(self, image_features: torch.Tensor | None = None) -> PromptOutput:
+    def forward(self, image: ImageInputs | None = None,
+                step: StepContext | None = None) -> PromptOutput:
         text = self.backbone.encode_text_embedded(self.prompt_embeddings(), self.tokens)
         return PromptOutput(text=text)
 

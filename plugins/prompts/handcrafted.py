@@ -6,12 +6,15 @@ Every class gets a list of sentences: the templates filled with its name, or its
 from the recipe (a description may contain ``{}`` for the class name). The class feature is
 the mean of the L2-normalised sentence embeddings (re-normalised by default, as CLIP's
 ensembles are). It is computed once at build time without gradients and kept as a buffer:
-this view never trains, and it travels with checkpoints.
+this view never trains, and it travels with checkpoints. When a stage trains the text tower,
+the engine calls :meth:`HandcraftedPrompt.refresh` every step, which re-encodes the sentences
+with the current tower (the features never go stale).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import attrs
 import torch
@@ -19,7 +22,8 @@ import torch.nn.functional as F
 
 from clapkit import hookimpl
 from clapkit.errors import ClapkitError
-from clapkit.interfaces import Backbone, BuildContext, Prompt, PromptOutput
+from clapkit.interfaces import (Backbone, BuildContext, ImageInputs, Prompt, PromptOutput,
+                                StepContext)
 
 Descriptions = dict[str, list[str] | str] | list[list[str] | str] | None
 
@@ -32,6 +36,25 @@ def _check_templates(inst: object, attribute: attrs.Attribute, value: list[str])
             raise ValueError(f"template {t!r} must contain '{{}}' (the class name) exactly once")
 
 
+#: template lists shipped beside this module (``template_set`` names)
+TEMPLATE_SETS = {"imagenet80": "templates_imagenet80.txt", "cifar18": "templates_cifar18.txt"}
+DEFAULT_TEMPLATES = ["a photo of a {}."]
+
+
+def read_template_file(path: Path) -> list[str]:
+    """Templates from a text file: one per line; blank lines and ``#`` comments skipped."""
+    lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+    out = [ln for ln in lines if ln and not ln.startswith("#")]
+    _check_templates(None, None, out)  # type: ignore[arg-type]
+    return out
+
+
+def _check_template_set(inst: object, attribute: attrs.Attribute, value: str) -> None:
+    if value and value not in TEMPLATE_SETS and not Path(value).expanduser().is_file():
+        raise ValueError(f"template_set {value!r} is neither a shipped list "
+                         f"({', '.join(TEMPLATE_SETS)}) nor an existing file")
+
+
 @attrs.frozen
 class HandcraftedConfig:
     """``templates``: sentences with ``{}`` for the class name (several = an ensemble);
@@ -39,16 +62,32 @@ class HandcraftedConfig:
     with the classes (a string or a list of strings per class); when given, every class needs
     some and they replace the templates unless ``with_templates``; ``names``: text used for a
     class name in templates (``{raw_name = "text"}``; default: the name with ``_`` as spaces);
-    ``renormalize``: L2-normalise the ensemble mean; ``batch_size``: sentences per encoder call.
+    ``renormalize``: L2-normalise the ensemble mean; ``batch_size``: sentences per encoder call;
+    ``template_set``: a shipped template list used instead of ``templates`` -- ``imagenet80``
+    (CLIP's 80 ImageNet templates) or ``cifar18`` (its 18 CIFAR templates) -- or the path of a
+    file with one template per line.
     """
 
-    templates: list[str] = attrs.field(factory=lambda: ["a photo of a {}."],
+    templates: list[str] = attrs.field(factory=lambda: list(DEFAULT_TEMPLATES),
                                        validator=_check_templates)
     descriptions: Descriptions = None
     with_templates: bool = False
     names: dict[str, str] = attrs.field(factory=dict)
     renormalize: bool = True
     batch_size: int = attrs.field(default=256, validator=attrs.validators.gt(0))
+    template_set: str = attrs.field(default="", validator=_check_template_set)
+
+    def __attrs_post_init__(self) -> None:
+        if self.template_set and self.templates != DEFAULT_TEMPLATES:
+            raise ValueError("give templates or template_set, not both")
+
+    def template_list(self) -> list[str]:
+        """The templates in use: the ``template_set`` list when given, else ``templates``."""
+        if not self.template_set:
+            return list(self.templates)
+        name = TEMPLATE_SETS.get(self.template_set)
+        path = Path(__file__).with_name(name) if name else Path(self.template_set).expanduser()
+        return read_template_file(path)
 
 
 def class_sentences(cfg: HandcraftedConfig, class_names: Sequence[str]) -> list[list[str]]:
@@ -58,7 +97,7 @@ def class_sentences(cfg: HandcraftedConfig, class_names: Sequence[str]) -> list[
         raise ClapkitError(f"names: '{unknown[0]}' is not a class of this dataset "
                            f"(classes: {', '.join(class_names)})")
     text_of = {c: cfg.names.get(c, c.replace("_", " ")) for c in class_names}
-    per_class = [[t.format(text_of[c]) for t in cfg.templates] for c in class_names]
+    per_class = [[t.format(text_of[c]) for t in cfg.template_list()] for c in class_names]
     if cfg.descriptions is None:
         return per_class
     desc = _aligned_descriptions(cfg.descriptions, class_names)
@@ -113,13 +152,26 @@ def encode_sentences(backbone: Backbone, sentences: list[list[str]], renormalize
 class HandcraftedPrompt(Prompt):
     """Fixed class text features ``[C,D]`` (a buffer, never trained)."""
 
-    def __init__(self, features: torch.Tensor, sentences: list[list[str]]) -> None:
+    def __init__(self, features: torch.Tensor, sentences: list[list[str]],
+                 backbone: Backbone | None = None, renormalize: bool = True,
+                 batch_size: int = 256) -> None:
         super().__init__()
         self.register_buffer("features", features)
         self.sentences = sentences
+        self._backbone = (backbone,)      # a reference, not a submodule
+        self.renormalize, self.batch_size = renormalize, batch_size
 
-    def forward(self, image_features: torch.Tensor | None = None) -> PromptOutput:
+    def forward(self, image: ImageInputs | None = None,
+                step: StepContext | None = None) -> PromptOutput:
         return PromptOutput(text=self.features)
+
+    def refresh(self) -> None:
+        """Re-encode the sentences with the backbone's current text tower."""
+        backbone = self._backbone[0]
+        if backbone is None:
+            return
+        feats = encode_sentences(backbone, self.sentences, self.renormalize, self.batch_size)
+        self.features.copy_(feats.to(self.features))
 
 
 def build(cfg: HandcraftedConfig, ctx: BuildContext) -> HandcraftedPrompt:
@@ -130,7 +182,7 @@ def build(cfg: HandcraftedConfig, ctx: BuildContext) -> HandcraftedPrompt:
         raise ClapkitError("the handcrafted prompt needs the class names of the dataset")
     sentences = class_sentences(cfg, ctx.class_names)
     feats = encode_sentences(ctx.backbone, sentences, cfg.renormalize, cfg.batch_size)
-    return HandcraftedPrompt(feats, sentences)
+    return HandcraftedPrompt(feats, sentences, ctx.backbone, cfg.renormalize, cfg.batch_size)
 
 
 @hookimpl

@@ -3,7 +3,7 @@
 
 ``mode = "each"`` gives every task ``num_samples``; ``mode = "split"`` shares ``num_samples``
 among the tasks (remainder to the first tasks). Either way, at train time every task in
-``tasks_present`` gets at least one sample. It ignores z, so it works without labels.
+``step.tasks_present`` gets at least one sample. It ignores z, so it works without labels.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import attrs
 import torch
 
 from clapkit import hookimpl
-from clapkit.interfaces import BuildContext, Router
+from clapkit.interfaces import BuildContext, Router, StepContext
 
 
 @attrs.frozen
@@ -32,7 +32,10 @@ class UniformRouter(Router):
         super().__init__()
         self.mode = mode
 
-    def forward(self, z, num_samples, task_of_class, tasks_present=None) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, step: StepContext) -> torch.Tensor:
+        num_samples, tasks_present = step.num_samples, step.tasks_present
+        task_of_class = (step.task_of_class if step.task_of_class is not None
+                         else torch.zeros(1, dtype=torch.long))
         n_tasks = int(task_of_class.max()) + 1 if task_of_class.numel() else 1
         device = z.device
         if self.mode == "each":

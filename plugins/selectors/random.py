@@ -12,7 +12,7 @@ import attrs
 import torch
 
 from clapkit import hookimpl
-from clapkit.interfaces import BuildContext, Selector, class_quota
+from clapkit.interfaces import BuildContext, SelectionInputs, Selector, class_quota
 
 
 @attrs.frozen
@@ -28,8 +28,8 @@ class RandomSelector(Selector):
     def __init__(self, seed: int) -> None:
         self.seed = int(seed)
 
-    def select(self, features, labels, budget, scores=None) -> torch.Tensor:
-        labels = labels.cpu().long()
+    def select(self, inputs: SelectionInputs, budget: int) -> torch.Tensor:
+        labels = inputs.labels.cpu().long()
         quota = class_quota(labels, budget)
         if not quota:
             return torch.zeros(0, dtype=torch.long)

@@ -95,7 +95,7 @@ class ResidualPrompt(Prompt):
         self.register_buffer("base", F.normalize(base.float(), dim=-1))
         self.residual = nn.Parameter(torch.zeros_like(self.base))
 
-    def forward(self, image_features=None) -> PromptOutput:
+    def forward(self, image=None, step=None) -> PromptOutput:
         return PromptOutput(text=self.base + self.residual)
 
 
@@ -147,7 +147,8 @@ class TextL2(Loss):
 
 
 class FirstK(Selector):
-    def select(self, features, labels, budget, scores=None):
+    def select(self, inputs, budget):
+        labels = inputs.labels
         quota = class_quota(labels, budget)
         out = []
         for c, k in quota.items():

@@ -114,7 +114,7 @@ class Tiny(nn.Module):
         super().__init__()
         self.lin = nn.Linear(4, 3)
 
-    def image_encoder_trainable(self) -> bool:
+    def backbone_trainable(self) -> bool:
         return True
 
     def forward(self, batch):
