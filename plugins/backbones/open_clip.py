@@ -156,6 +156,9 @@ class OpenClipBackbone(Backbone):
         # the file's content as loaded now, so a later overwrite of the path cannot alias it
         self._file_sha = _file_sha256(Path(value)) if kind == "file" and value else None
         self._sha_before_load: str | None = None
+        # weights version stamp (see fingerprint): the weights the identity describes
+        self._stamp = self._weights_stamp()
+        self._identity_sha = state_dict_sha256(self.model)
         self.register_load_state_dict_pre_hook(_before_load)
         self.register_load_state_dict_post_hook(_after_load)
 
@@ -195,12 +198,34 @@ class OpenClipBackbone(Backbone):
     def preprocess_config(self) -> dict[str, Any]:
         return dict(self.model.visual.preprocess_cfg)
 
+    def _weights_stamp(self) -> tuple[tuple[int, int], ...]:
+        """(storage pointer, version counter) of every tensor: any in-place update (optimizer
+        step, ``p.add_`` under no_grad, ``copy_``) or swapped tensor changes it; it costs no
+        pass over the weights. (Writes through ``p.data`` bypass version counters.)"""
+        return tuple((t.data_ptr(), t._version) for t in self.model.state_dict(keep_vars=True)
+                     .values())
+
+    def _check_weights(self) -> None:
+        """When the weights moved since the identity was taken (trained, edited in place),
+        the identity becomes the hash of the current weights, so the cache key changes."""
+        stamp = self._weights_stamp()
+        if stamp == self._stamp:
+            return
+        sha = state_dict_sha256(self.model)          # a device move keeps the content
+        if sha != self._identity_sha:
+            self._weights_kind, self._weights_value = "state", sha
+            self._fingerprint = None
+        self._identity_sha, self._stamp = sha, stamp
+
     def fingerprint(self) -> str:
         """sha256 of model config + weights identity + preprocessing + precision.
 
         Weights identity: the tag, the checkpoint file's content hash, or for random init the
         seed and a hash of the state dict (so two different random models never collide).
+        Once the weights change after building (a stage that trains the encoder, an in-place
+        edit), the identity is the hash of the current weights: the key follows the weights.
         """
+        self._check_weights()
         if self._fingerprint is None:
             if self._weights_kind == "state":
                 weights = f"state-sha256:{self._weights_value}"
@@ -209,7 +234,7 @@ class OpenClipBackbone(Backbone):
             elif self._weights_kind == "file":
                 weights = f"file-sha256:{self._file_sha}"
             else:
-                weights = f"random:seed={self.cfg.seed}:{state_dict_sha256(self.model)}"
+                weights = f"random:seed={self.cfg.seed}:{self._identity_sha}"
             doc = {"model": _name(self.cfg),
                    "model_cfg": open_clip.get_model_config(_name(self.cfg)),
                    "weights": weights, "precision": self.cfg.precision,
@@ -377,6 +402,7 @@ def _after_load(module: OpenClipBackbone, incompatible: Any) -> None:
         module._weights_kind, module._weights_value = "state", after
         module._fingerprint = None
     module._sha_before_load = None
+    module._identity_sha, module._stamp = after, module._weights_stamp()
 
 
 def build(cfg: OpenClipConfig, ctx: BuildContext) -> OpenClipBackbone:
