@@ -5,7 +5,7 @@ Exemplar Selection").
 Every score is computed from ``SelectionInputs`` item by item: ``sample_logits [S,N,C]``
 keeps each item's own Monte-Carlo samples on axis 1, so reductions run over axis 0 only
 (the reference reshapes a list of ``[S,B,C]`` batches to ``[N,S,C]``, which mixes samples
-of different items). ``sample_mask [S,N]`` excludes padded samples.
+of different items). ``sample_mask`` (``[S,N,C]`` or ``[S,N]``) excludes padded samples.
 """
 
 from __future__ import annotations
@@ -19,7 +19,12 @@ from clapkit.interfaces import SelectionInputs, class_quota
 def _samples(inputs: SelectionInputs, name: str, need: bool = False
              ) -> tuple[torch.Tensor, torch.Tensor]:
     """``[S,N,C]`` float logits and ``[S,N,1]`` weights of the real samples (the mean
-    logits as one sample when there are none, unless ``need``)."""
+    logits as one sample when there are none, unless ``need``).
+
+    ``sample_mask`` may be ``[S,N,C]`` (per class: tasks got different sample counts) or
+    ``[S,N]``. A padded entry is replaced by the mean of that item's real samples of that
+    class (it then adds no spread), and a sample counts for an item when it is real for
+    any of its classes."""
     if inputs.sample_logits is None:
         if need:
             raise ClapkitError(f"selector '{name}' needs Monte-Carlo sample logits "
@@ -27,11 +32,16 @@ def _samples(inputs: SelectionInputs, name: str, need: bool = False
         logits = inputs.logits.float()[None]
         return logits, torch.ones(*logits.shape[:2], 1, dtype=logits.dtype)
     logits = inputs.sample_logits.float()
-    if inputs.sample_mask is None:
-        w = torch.ones(*logits.shape[:2], 1, dtype=logits.dtype)
-    else:
-        w = inputs.sample_mask.to(logits.dtype)[..., None]
-    return logits, w
+    mask = inputs.sample_mask
+    if mask is None:
+        return logits, torch.ones(*logits.shape[:2], 1, dtype=logits.dtype)
+    mask = mask.to(logits.device).bool()
+    if mask.dim() == 2:
+        mask = mask[..., None].expand_as(logits)
+    mf = mask.to(logits.dtype)
+    mean = (logits * mf).sum(0) / mf.sum(0).clamp_min(1)                # [N,C]
+    logits = torch.where(mask, logits, mean.expand_as(logits))
+    return logits, mask.any(-1, keepdim=True).to(logits.dtype)
 
 
 def _mean0(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

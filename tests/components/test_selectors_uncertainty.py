@@ -139,3 +139,23 @@ def test_herding_matches_icarl_loop(make):
             running += f[best]
         want += chosen
     assert got == sorted(want)
+
+
+def test_per_class_sample_mask_ignores_padded_values():
+    """[S,N,C] masks (ragged per task): padded entries may hold anything."""
+    from clapkit_plugins.selectors import _scores as S
+    inp = _inputs(seed=7)
+    s, n, c = inp.sample_logits.shape
+    mask = torch.ones(s, n, c, dtype=torch.bool)
+    mask[3:, :, 2:] = False                                 # classes 2,3: only 3 samples
+    garbage = inp.sample_logits.clone()
+    garbage[~mask] = 1e4
+    fill = inp.sample_logits.clone()
+    mean = inp.sample_logits[:3, :, 2:].mean(0)
+    fill[3:, :, 2:] = mean
+    a = SelectionInputs(features=inp.features, labels=inp.labels, logits=inp.logits,
+                        sample_logits=garbage, sample_mask=mask)
+    b = SelectionInputs(features=inp.features, labels=inp.labels, logits=inp.logits,
+                        sample_logits=fill)
+    for f in (S.energy, S.variance, S.entropy):
+        torch.testing.assert_close(f(a), f(b))
