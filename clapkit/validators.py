@@ -92,6 +92,18 @@ def name(inst: Any, attr: attrs.Attribute, value: Any) -> None:
                          f"around it), got {value!r}")
 
 
+def inside(inst: Any, attr: attrs.Attribute, value: Any) -> None:
+    """A relative path that stays inside the folder it is joined to (no ``..``, not
+    absolute): where a component writes inside the run folder."""
+    if value is None:
+        return
+    parts = str(value).replace("\\", "/").split("/") if isinstance(value, str) else []
+    if not isinstance(value, str) or not value.strip() or value.startswith(("/", "\\")) \
+            or ".." in parts or (len(value) > 1 and value[1] == ":"):
+        raise ValueError(f"{attr.name} must be a relative path inside the run folder (no "
+                         f"'..', not absolute), got {value!r}")
+
+
 def non_empty(inst: Any, attr: attrs.Attribute, value: Any) -> None:
     if value is not None and (not isinstance(value, str) or not value.strip()):
         raise ValueError(f"{attr.name} must be a non-empty string, got {value!r}")

@@ -25,6 +25,7 @@ from typing import Any
 import attrs
 
 from clapkit import hookimpl
+from clapkit.validators import inside
 from clapkit.interfaces import BuildContext
 from clapkit.metrics import AccuracyMatrix
 from clapkit.ood import parse_ood_metrics
@@ -40,7 +41,7 @@ class PlotsConfig:
     per_epoch: bool = True
     dpi: int = attrs.field(default=100, validator=[attrs.validators.ge(30),
                                                    attrs.validators.le(600)])
-    subdir: str = attrs.field(default="plots", validator=attrs.validators.min_len(1))
+    subdir: str = attrs.field(default="plots", validator=inside)   # never outside the run
 
 
 def _finite(v: Any) -> Any:

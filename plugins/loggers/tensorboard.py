@@ -16,6 +16,7 @@ from typing import Any
 import attrs
 
 from clapkit import hookimpl
+from clapkit.validators import inside
 from clapkit.errors import ClapkitError
 from clapkit.interfaces import BuildContext
 
@@ -24,7 +25,7 @@ from clapkit.interfaces import BuildContext
 class TensorboardConfig:
     """``subdir``: event-file folder inside the run folder."""
 
-    subdir: str = attrs.field(default="tensorboard", validator=attrs.validators.min_len(1))
+    subdir: str = attrs.field(default="tensorboard", validator=inside)  # never outside the run
 
 
 def _summary_writer_cls() -> type:
