@@ -51,7 +51,10 @@ class Distill(Loss):
     def __init__(self, cfg: DistillConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.needs = (f"aux.{cfg.adapter}.mean",)
+        keys = {"auto": ("mean", "prev_mean"), "task": ("mean", "prev_mean"),
+                "global": ("global_mean", "prev_global_mean"),
+                "both": ("mean", "prev_mean", "global_mean", "prev_global_mean")}[cfg.target]
+        self.needs = tuple(f"aux.{cfg.adapter}.{k}" for k in keys)
 
     def _pair(self, outputs, now_key: str, prev_key: str):
         return (aux_of(outputs, self.cfg.adapter, now_key, "distill"),
