@@ -126,3 +126,22 @@ def sweep_temps(folder: str | Path, *, recursive: bool = False,
         except FileNotFoundError:
             pass
     return removed
+
+
+def sweep_dead_dirs(parent: str | Path, name: str) -> list[Path]:
+    """Remove the work folders ``.<name>.tmp-<pid>-*`` / ``.<name>.old-<pid>-*`` in
+    ``parent`` that a killed process left behind (its pid is gone); returns what was removed.
+    Used by generators that build a folder aside and rename it into place."""
+    import shutil
+    parent = Path(parent)
+    if not parent.is_dir():
+        return []
+    rx = re.compile(rf"^\.{re.escape(name)}\.(?:tmp|old)-(\d+)-[A-Za-z0-9]+$")
+    removed = []
+    for p in parent.glob(f".{name}.*"):
+        m = rx.match(p.name)
+        if m is None or not p.is_dir() or pid_alive(int(m.group(1))):
+            continue
+        shutil.rmtree(p, ignore_errors=True)
+        removed.append(p)
+    return removed

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from ..atomic import sweep_dead_dirs
 from ..errors import ClapkitError
 from .layout import resolve_path
 
@@ -78,6 +79,7 @@ def publish_demo(make: MakeDemo, kind: str, version: int, root: str | Path, seed
     from several processes: each builds in its own temporary folder; the first rename wins.
     ``tiny`` makes a few items per class (for tests)."""
     root = resolve_path(root)
+    sweep_dead_dirs(root.parent, root.name)     # work folders of a killed generator
     want = {"kind": kind, "version": version, "seed": seed, "tiny": tiny}
     if not force and _marker(root) == want:
         return root
@@ -93,7 +95,7 @@ def publish_demo(make: MakeDemo, kind: str, version: int, root: str | Path, seed
         if not force and _marker(root) == want:  # another process published meanwhile
             return root
         if root.exists():
-            old = root.parent / f".{root.name}.old-{uuid.uuid4().hex[:8]}"
+            old = root.parent / f".{root.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
             os.replace(root, old)
             shutil.rmtree(old, ignore_errors=True)
         try:

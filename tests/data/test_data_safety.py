@@ -125,3 +125,28 @@ def test_cifar_pickles_may_hold_only_data(make, tmp_path):
     with pytest.raises(ClapkitError, match="refused global"):
         make("cifar100", root=str(root)).refs("train")
     assert not marker.exists()
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_work_folders_of_a_killed_make_demo_are_swept(tmp_path):
+    from clapkit.data.demo import publish_demo
+    dead, live = _dead_pid(), os.getpid()
+    torn = tmp_path / f".caer.tmp-{dead}-abcd1234"
+    old = tmp_path / f".caer.old-{dead}-ffff0000"
+    busy = tmp_path / f".caer.tmp-{live}-00000000"        # a generator still running
+    for d in (torn, old, busy):
+        (d / "train").mkdir(parents=True)
+
+    def make(out, seed, tiny):
+        (out / "x.txt").write_text("made")
+
+    root = publish_demo(make, "caer", 1, tmp_path / "caer")
+    assert (root / "x.txt").read_text() == "made"
+    assert not torn.exists() and not old.exists() and busy.exists()
