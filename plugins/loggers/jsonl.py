@@ -156,7 +156,7 @@ class JsonlLogger:
         """Resume: keep the rows of an earlier (interrupted) run in the same folder, up to
         the checkpoint resumed from."""
         self._rows, self._columns = [], list(CSV_INDEX)
-        if not path.is_file():
+        if resumed is None or not path.is_file():     # a new run starts a new table
             return
         with open(path, newline="", encoding="utf-8") as fh:
             reader = csv.DictReader(fh)
