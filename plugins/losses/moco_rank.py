@@ -19,7 +19,8 @@ What is enqueued (``keys``):
   model, and no stage glob or optimizer can ever train it.
 
 The queue (``queue [K,D]``, ``queue_labels [K]``, ``queue_ptr``) is made of registered buffers
-so it checkpoints and resumes; it starts as random unit vectors with label -1 (classic MoCo).
+so it checkpoints and resumes; under ``torch.distributed`` the keys of every rank are gathered
+before they are enqueued (MoCo's ``concat_all_gather``), so all ranks hold the same queue; it starts as random unit vectors with label -1 (classic MoCo).
 It is updated only in training mode with gradients enabled, out of place, so the tensors the
 current loss used stay intact for backward. Unbound (no ``bind`` call), momentum keys fall back
 to the detached online z.
@@ -57,6 +58,29 @@ class MoCoRankConfig:
         default="text", validator=attrs.validators.in_(("momentum", "text")))
     mask_same_class: bool = True
     dim: int = attrs.field(default=0, validator=attrs.validators.ge(0))
+
+
+def gather_all(keys: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``keys [n,D]`` and ``labels [n]`` of every rank concatenated in rank order (ranks may
+    hold different ``n``: padded to the largest for the collective); unchanged alone."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return keys, labels
+    world = dist.get_world_size()
+    n = torch.tensor([keys.shape[0]], device=keys.device)
+    sizes = [torch.zeros_like(n) for _ in range(world)]
+    dist.all_gather(sizes, n)
+    top = int(max(int(s) for s in sizes))
+    pad_k = keys.new_zeros((top, *keys.shape[1:]))
+    pad_k[: keys.shape[0]] = keys
+    pad_l = labels.new_full((top,), -1)
+    pad_l[: labels.shape[0]] = labels
+    all_k = [torch.empty_like(pad_k) for _ in range(world)]
+    all_l = [torch.empty_like(pad_l) for _ in range(world)]
+    dist.all_gather(all_k, pad_k)
+    dist.all_gather(all_l, pad_l)
+    return (torch.cat([k[: int(s)] for k, s in zip(all_k, sizes)]),
+            torch.cat([lab[: int(s)] for lab, s in zip(all_l, sizes)]))
 
 
 def params_to_buffers(module: nn.Module) -> nn.Module:
@@ -120,7 +144,9 @@ class MoCoRankLoss(Loss):
 
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor, labels: torch.Tensor) -> None:
-        """FIFO: write ``keys [n,D]`` over the oldest entries (vectorised, out of place)."""
+        """FIFO: write ``keys [n,D]`` over the oldest entries (vectorised, out of place); the
+        keys of all ranks, in rank order, when a process group is running."""
+        keys, labels = gather_all(keys.detach(), labels.detach())
         k = self.queue.shape[0]
         if keys.shape[0] > k:
             keys, labels = keys[-k:], labels[-k:]
