@@ -174,7 +174,7 @@ class MoCoRankLoss(Loss):
         if text.dim() == 4:                          # Monte-Carlo text samples: their mean
             text = text.mean(0)
         text = F.normalize(text, dim=-1)
-        queue, queue_labels = self.queue, self.queue_labels
+        queue, queue_labels = self.queue.float(), self.queue_labels   # computed in float32
         rows = torch.arange(q.shape[0], device=q.device)
 
         def positive(y: torch.Tensor) -> torch.Tensor:

@@ -150,3 +150,12 @@ def test_default_keys_enqueue_the_positive_text(make):
     loss({"z": z, "text": text}, {"label": torch.tensor([2, 0])})
     torch.testing.assert_close(loss.queue[:2], text[[2, 0]])
     assert loss.momentum_encoder is None
+
+
+def test_runs_in_bfloat16(make):
+    loss = make("loss", "moco_rank", CTX, queue_size=8, dim=4).to(torch.bfloat16).train()
+    z = torch.randn(3, 4, dtype=torch.bfloat16, requires_grad=True)
+    out = loss({"z": z, "text": torch.randn(3, 4, dtype=torch.bfloat16)},
+               {"label": torch.tensor([0, 1, 2])})
+    out.backward()
+    assert torch.isfinite(out) and z.grad is not None and loss.queue.dtype == torch.bfloat16
