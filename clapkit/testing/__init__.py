@@ -6,10 +6,10 @@
         components = ["my_head"]   # omit to check every registered head
 """
 
-from .contracts import (AdapterContract, BackboneContract, Contract, DatasetContract,
-                        HeadContract, LoggerContract, LossContract, ModuleContract,
-                        PromptContract, RouterContract, SelectorContract, SUITES)
+from .contracts import (SUITES, AdapterContract, BackboneContract, Contract, DatasetContract,
+                        DemoContract, HeadContract, LoggerContract, LossContract, ModuleContract,
+                        PromptContract, RouterContract, SelectorContract)
 
-__all__ = ["AdapterContract", "BackboneContract", "Contract", "DatasetContract", "HeadContract",
-           "LoggerContract", "LossContract", "ModuleContract", "PromptContract",
+__all__ = ["AdapterContract", "BackboneContract", "Contract", "DatasetContract", "DemoContract",
+           "HeadContract", "LoggerContract", "LossContract", "ModuleContract", "PromptContract",
            "RouterContract", "SelectorContract", "SUITES"]

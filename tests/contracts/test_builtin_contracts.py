@@ -1,6 +1,7 @@
 """Every contract suite against every registered component (built-in or installed)."""
 
-from clapkit.testing import (AdapterContract, BackboneContract, DatasetContract, HeadContract,
+from clapkit.testing import (AdapterContract, BackboneContract, DatasetContract, DemoContract,
+                             HeadContract,
                              LoggerContract, LossContract, PromptContract, RouterContract,
                              SelectorContract)
 
@@ -38,4 +39,8 @@ class TestDatasets(DatasetContract):
 
 
 class TestLoggers(LoggerContract):
+    pass
+
+
+class TestDemoGenerators(DemoContract):
     pass
