@@ -90,3 +90,16 @@ def test_logger_subfolders_stay_inside_the_run_folder(registries, plugin, value)
         structure(entry.config_cls, {"subdir": value}, file="r.toml", key=f"log.{plugin}")
     assert structure(entry.config_cls, {"subdir": "nested/ok"}, file="r.toml",
                      key=f"log.{plugin}").subdir == "nested/ok"
+
+
+def test_pngs_and_csv_are_group_readable(tmp_path):
+    import os
+    import stat
+
+    from clapkit.plotting import plot_confusion
+    old = os.umask(0o022)
+    try:
+        png = plot_confusion([[3, 1], [0, 4]], ["a", "b"], tmp_path / "c.png")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(png.stat().st_mode) == 0o644

@@ -10,7 +10,6 @@ OpenCV is an optional extra (``pip install 'clapkit[faces]'``), imported only he
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..atomic import atomic_write_text
 from ..errors import ClapkitError
 from .boxes import Box, normalize_key
 from .sampling import segment_indices
@@ -99,7 +99,4 @@ def write_box_file(table: dict[str, Any], out: Path, force: bool = False) -> Non
     """Write atomically; never replace an existing file unless ``force``."""
     if out.exists() and not force:
         raise ClapkitError(f"{out} exists; pass --force to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(table, sort_keys=True))
-    os.replace(tmp, out)
+    atomic_write_text(out, json.dumps(table, sort_keys=True))
