@@ -91,6 +91,18 @@ def clapkit_checkpoint_saved(run: Any, path: str) -> None:
     """A checkpoint was written (atomically) to ``path``."""
 
 
+@hookspec
+def clapkit_task_evaluate(run: Any, task: int, evaluation: Any) -> dict[str, Any] | None:
+    """Extend the evaluation after task ``task`` (before ``clapkit_task_end``).
+
+    ``evaluation`` is a :class:`clapkit.engine.task_eval.TaskEvaluation`: the seen classes,
+    the splits, and ``evaluation.run(split, tasks, on_outputs)`` which passes the model's
+    outputs on every eval batch of those tasks' items to ``on_outputs(batch, outputs)``.
+    Return extra metrics (e.g. ``{"mine/score": 0.9}``); they join the task-end metrics. A
+    key the built-in evaluation or another implementation already set is an error.
+    """
+
+
 EVENT_HOOKS: tuple[str, ...] = (
     "clapkit_run_start", "clapkit_run_end", "clapkit_task_start", "clapkit_task_end",
     "clapkit_stage_start", "clapkit_stage_end", "clapkit_epoch_end", "clapkit_checkpoint_saved",

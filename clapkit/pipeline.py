@@ -60,6 +60,8 @@ class Pipeline(nn.Module):
             raise ClapkitError(f"prompts: '{encoders[0]}' and '{encoders[1]}' both change the "
                                "image encoder (deep vision prompts); a pipeline can use one")
         self.image_prompt: str | None = encoders[0] if encoders else None
+        #: set by the engine while a stage trains the text tower: prompts refresh each step
+        self.refresh_each_step = False
 
     # -- structure ---------------------------------------------------------------------------
 
@@ -68,19 +70,23 @@ class Pipeline(nn.Module):
 
     def components(self) -> list[tuple[str, Component]]:
         """Every lifecycle component with its dotted module name, in a fixed order: prompts,
-        adapters (per-stream ones each), router, head, losses."""
+        adapters (per-stream ones each), router, head, losses. Only the outermost: a
+        component that holds others drives their lifecycle itself."""
         out: list[tuple[str, Component]] = []
+
+        def walk(name: str, mod: nn.Module | None) -> None:
+            if mod is None:
+                return
+            if isinstance(mod, Component):
+                out.append((name, mod))
+                return
+            for child_name, child in mod.named_children():
+                walk(f"{name}.{child_name}", child)
+
         for prefix, mod in (("prompts", self.prompts), ("adapters", self.adapters),
                             ("router", self.router), ("head", self.head),
                             ("losses", self.losses)):
-            if mod is None:
-                continue
-            if isinstance(mod, Component):
-                out.append((prefix, mod))
-                continue
-            for name, sub in mod.named_modules(prefix=prefix):
-                if isinstance(sub, Component):
-                    out.append((name, sub))
+            walk(prefix, mod)
         return out
 
     @property

@@ -153,6 +153,33 @@ class StageConfig:
     milestones: list[int] = attrs.field(factory=list, validator=[v.each(_non_negative),
                                                                  v.increasing])
     gamma: float = attrs.field(default=0.1, validator=v.number(0, 1, lo_open=True))
+    # -- continual learning: when the stage runs and on what (DESIGN.md section 4) --
+    # tasks: "all" | "first" (task 0 only) | "later" (every task but the first) |
+    #        "from:K" (tasks K, K+1, ...) | "only:K" (task K alone); tasks are 0-based
+    tasks: str = attrs.field(default="all", validator=v.choice_pattern(
+        r"all|first|later|from:\d+|only:\d+", ["all", "first", "later", "from:K", "only:K"]))
+    # data: the new task's items plus the replay memory, the memory alone, or the task alone
+    data: Literal["task+memory", "memory", "task"] = "task+memory"
+    # sampler: None follows data.weighted_sampler; "shuffle" a fresh permutation per epoch,
+    # "weighted" draws with replacement by inverse class frequency, "class_balanced" draws
+    # the same number of items (the smallest class count) from every class each epoch
+    sampler: Literal["shuffle", "class_balanced", "weighted"] | None = None
+    # after_memory: run after the replay-memory update of the task (CLAP4CLIP's
+    # class-balanced finetuning), instead of before it
+    after_memory: bool = False
+
+    def runs_in(self, task: int) -> bool:
+        """Whether this stage trains in (0-based) ``task``."""
+        kind, _, k = self.tasks.partition(":")
+        if kind == "all":
+            return True
+        if kind == "first":
+            return task == 0
+        if kind == "later":
+            return task > 0
+        if kind == "from":
+            return task >= int(k)
+        return task == int(k)
 
 
 @attrs.frozen

@@ -111,29 +111,41 @@ class RunData:
             drop_last=drop_last, pin_memory=self.device.type == "cuda",
             persistent_workers=False)
 
+    def sampler_kind(self, stage_sampler: str | None) -> str:
+        """A stage's sampler; unset follows ``data.weighted_sampler``."""
+        if stage_sampler is not None:
+            return stage_sampler
+        return "weighted" if self.keys.weighted_sampler else "shuffle"
+
+    def train_sampler(self, indices: list[int], kind: str) -> EpochSampler:
+        """The epoch sampler of ``kind`` ("shuffle", "weighted", "class_balanced") over the
+        train-split items ``indices`` (this rank's shard)."""
+        all_labels = self.labels[self.train_split]
+        labels = [all_labels[i] for i in indices]
+        return EpochSampler(
+            indices, shuffle=True, seed=self.seed, rank=self.info.rank,
+            world_size=self.info.world_size,
+            weights=inverse_frequency_weights(labels) if kind == "weighted" and indices
+            else None,
+            balance=labels if kind == "class_balanced" else None)
+
     def train_loader(self, indices: list[int], *, epoch: int, cached: bool,
-                     labels_for_weights: list[int] | None = None
-                     ) -> torch.utils.data.DataLoader:
-        """Shuffled (or class-weighted with ``data.weighted_sampler``) loader over the train
-        split items ``indices``; cached view ``epoch % cache.views``."""
+                     sampler: str | None = None) -> torch.utils.data.DataLoader:
+        """Loader over the train-split items ``indices`` with the ``sampler`` kind (default:
+        shuffled, or class-weighted with ``data.weighted_sampler``); cached view
+        ``epoch % cache.views``."""
         # one cached view = the eval-transform features; K views = K train-mode views and
         # epoch e reads view e % K (CachedFeatures.set_epoch)
         augment = self.keys.augment and (not cached or self.cache_cfg.views > 1)
         ds = self.dataset(self.train_split, augment, cached)
         ds.set_epoch(epoch)
-        weights = None
-        if self.keys.weighted_sampler:
-            all_labels = self.labels[self.train_split]
-            weights = inverse_frequency_weights([all_labels[i] for i in indices])
-        sampler = EpochSampler(indices, shuffle=True, weights=weights, seed=self.seed,
-                               rank=self.info.rank, world_size=self.info.world_size)
-        sampler.set_epoch(epoch)
-        return self._loader(ds, sampler, self.keys.batch_size)
+        smp = self.train_sampler(indices, self.sampler_kind(sampler))
+        smp.set_epoch(epoch)
+        return self._loader(ds, smp, self.keys.batch_size)
 
-    def steps_per_epoch(self, indices: list[int]) -> int:
+    def steps_per_epoch(self, indices: list[int], sampler: str | None = None) -> int:
         """Optimizer steps in one training epoch over ``indices`` on this rank."""
-        n = len(EpochSampler(indices, shuffle=True, rank=self.info.rank,
-                             world_size=self.info.world_size))
+        n = len(self.train_sampler(indices, self.sampler_kind(sampler)))
         return max(1, -(-n // self.keys.batch_size))
 
     def eval_loader(self, split: str, indices: list[int], *, cached: bool,

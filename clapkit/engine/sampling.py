@@ -26,20 +26,33 @@ class EpochSampler(torch.utils.data.Sampler[int]):
     """Yields dataset indices drawn from ``indices``.
 
     ``shuffle``: a fresh permutation per epoch; ``weights`` (one per entry of ``indices``):
-    ``len(indices)`` draws with replacement (WeightedRandomSampler semantics); neither: the
-    given order. ``rank``/``world_size`` shard the epoch for DDP.
+    ``len(indices)`` draws with replacement (WeightedRandomSampler semantics); ``balance``
+    (the label of each entry of ``indices``): every class contributes the same number of
+    items per epoch -- the smallest class count -- a fresh subset each epoch, shuffled;
+    none of these: the given order. ``rank``/``world_size`` shard the epoch for DDP.
     """
 
     def __init__(self, indices: Sequence[int], *, shuffle: bool = False,
                  weights: torch.Tensor | None = None, seed: int = 0, rank: int = 0,
-                 world_size: int = 1, pad: bool | None = None) -> None:
+                 world_size: int = 1, pad: bool | None = None,
+                 balance: Sequence[int] | None = None) -> None:
         self.indices = torch.as_tensor(list(indices), dtype=torch.long)
         if weights is not None and len(weights) != len(self.indices):
             raise ValueError(f"{len(weights)} weights for {len(self.indices)} indices")
+        self.balance = None if balance is None else torch.as_tensor(list(balance),
+                                                                    dtype=torch.long)
+        if self.balance is not None and len(self.balance) != len(self.indices):
+            raise ValueError(f"{len(self.balance)} labels for {len(self.indices)} indices")
         self.shuffle, self.weights, self.seed = shuffle, weights, seed
         self.rank, self.world_size = rank, world_size
-        self.pad = (shuffle or weights is not None) if pad is None else pad
+        self.pad = (shuffle or weights is not None or balance is not None) if pad is None \
+            else pad
         self.epoch = 0
+
+    def _per_class(self) -> int:
+        if self.balance is None or not len(self.balance):
+            return 0
+        return int(torch.unique(self.balance, return_counts=True)[1].min())
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -50,6 +63,15 @@ class EpochSampler(torch.utils.data.Sampler[int]):
         if self.weights is not None and n:
             pick = torch.multinomial(self.weights.double(), n, replacement=True, generator=g)
             return self.indices[pick]
+        if self.balance is not None and n:
+            perm = torch.randperm(n, generator=g)
+            lab = self.balance[perm]
+            grouped = torch.sort(lab, stable=True)
+            starts = torch.searchsorted(grouped.values, grouped.values)
+            rank = torch.empty(n, dtype=torch.long)
+            rank[grouped.indices] = torch.arange(n) - starts      # rank within its class
+            keep = perm[rank < self._per_class()]                 # still in permuted order
+            return self.indices[keep]
         if self.shuffle:
             return self.indices[torch.randperm(n, generator=g)]
         return self.indices
@@ -67,7 +89,8 @@ class EpochSampler(torch.utils.data.Sampler[int]):
         return iter(self._shard().tolist())
 
     def __len__(self) -> int:
-        n = len(self.indices)
+        n = len(self.indices) if self.balance is None else \
+            self._per_class() * len(torch.unique(self.balance))
         if self.world_size == 1:
             return n
         if self.pad:

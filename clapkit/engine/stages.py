@@ -25,12 +25,33 @@ def glob_matches(pattern: str, name: str) -> bool:
     return name == pattern or name.startswith(pattern + ".")
 
 
+#: the one placeholder parameter globs may hold
+TASK_PLACEHOLDER = "{task}"
+
+
+def expand_glob(pattern: str, task: int) -> str:
+    """``{task}`` in a ``train``/``lr_groups`` glob becomes the current task index (so a
+    stage trains only the current task's per-task parameters, e.g. ``adapters.x.task_{task}.*``)."""
+    return pattern.replace(TASK_PLACEHOLDER, str(task))
+
+
+def check_placeholders(stage: StageConfig, *, file: str | None, key: str) -> None:
+    """Only ``{task}`` may appear in braces in the stage's globs."""
+    for what, globs in (("train", stage.train), ("lr_groups", list(stage.lr_groups))):
+        for g in globs:
+            rest = g.replace(TASK_PLACEHOLDER, "")
+            if "{" in rest or "}" in rest:
+                raise RecipeError(file, f"{key}.{what}", f"stage '{stage.name}': '{g}' holds an "
+                                  "unknown placeholder; the only one is {task}")
+
+
 def select_parameters(model: nn.Module, stage: StageConfig, *, file: str | None = None,
-                      key: str = "stages") -> dict[str, nn.Parameter]:
-    """Parameters named by ``stage.train`` (globs); a glob that selects nothing is an error."""
+                      key: str = "stages", task: int = 0) -> dict[str, nn.Parameter]:
+    """Parameters named by ``stage.train`` (globs, ``{task}`` expanded); a glob that selects
+    nothing is an error."""
     named = dict(model.named_parameters())
     out: dict[str, nn.Parameter] = {}
-    for pattern in stage.train:
+    for pattern in (expand_glob(p, task) for p in stage.train):
         hits = [n for n in named if glob_matches(pattern, n)]
         if not hits:
             roots = sorted({n.split(".")[0] + ".*" for n in named} |
@@ -49,20 +70,21 @@ def apply_freezing(model: nn.Module, trainable: Iterable[str]) -> None:
 
 
 def param_groups(params: dict[str, nn.Parameter], stage: StageConfig, *,
-                 file: str | None = None, key: str = "stages") -> list[dict]:
+                 file: str | None = None, key: str = "stages", task: int = 0) -> list[dict]:
     """Optimizer groups: the first ``lr_groups`` glob matching a name sets its lr; the rest
     use ``stage.lr`` in group ``default``. A ``lr_groups`` glob matching none of the stage's
     parameters is an error (it would silently do nothing)."""
-    groups: dict[str, list[nn.Parameter]] = {g: [] for g in stage.lr_groups}
+    lrs = {expand_glob(g, task): lr for g, lr in stage.lr_groups.items()}
+    groups: dict[str, list[nn.Parameter]] = {g: [] for g in lrs}
     groups["default"] = []
     for n, p in params.items():
-        g = next((g for g in stage.lr_groups if glob_matches(g, n)), "default")
+        g = next((g for g in lrs if glob_matches(g, n)), "default")
         groups[g].append(p)
-    for g in stage.lr_groups:
+    for g in lrs:
         if not groups[g]:
             raise RecipeError(file, f"{key}.lr_groups", f"stage '{stage.name}': '{g}' selects "
                               "none of the parameters this stage trains")
-    return [{"params": ps, "lr": stage.lr_groups.get(g, stage.lr), "name": g}
+    return [{"params": ps, "lr": lrs.get(g, stage.lr), "name": g}
             for g, ps in groups.items() if ps]
 
 
@@ -100,6 +122,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, stage: StageConfig,
 
 def check_stage(stage: StageConfig, *, file: str | None, key: str) -> None:
     """Recipe keys that only make sense together."""
+    check_placeholders(stage, file=file, key=key)
     if stage.scheduler != "multistep" and stage.milestones:
         raise RecipeError(file, f"{key}.milestones",
                           f"stage '{stage.name}': milestones need scheduler = \"multistep\" "

@@ -1,0 +1,53 @@
+"""The components' task lifecycle as the trainer drives it (DESIGN.md section 4).
+
+Per task: ``on_task_start(task, seen_classes)`` on every component before the task's first
+stage (growth happens only there), then the stages, the memory update and the evaluation,
+then ``on_task_end(task, TaskView)`` with the task's training items encoded in eval mode.
+A resumed run replays ``on_task_start(0..t)`` before it loads the checkpoint.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..interfaces import TaskView
+from .loop import Collected, evaluate
+
+
+def task_items(tr: Any, task: int, memory: list[int]) -> list[int]:
+    """The task's training items: its new classes' items plus the replay memory it
+    trained with."""
+    labels = tr.data.labels[tr.data.train_split]
+    return sorted(set(tr.scenario.items_of(labels, [task])) | set(memory))
+
+
+def encode_items(tr: Any, task: int, items: list[int], what: str) -> Collected:
+    """Every item's outputs (eval mode; cached features when the encoder is frozen), on
+    every rank (no sharding), so all ranks see the same view."""
+    loader = tr.data.eval_loader(tr.data.train_split, items,
+                                 cached=tr.use_cache_for_eval(), shard=False)
+    _, collected = evaluate(tr.pipeline, loader, tr.step_cfg(task, what), tr.info,
+                            collect=True)
+    assert collected is not None
+    return collected
+
+
+def task_view(tr: Any, task: int, collected: Collected) -> TaskView:
+    return TaskView(task=task, classes=tr.scenario.classes_of(task), labels=collected.label,
+                    z=collected.z, image=dict(collected.raw), index=collected.index)
+
+
+def start_task(tr: Any, task: int) -> None:
+    """``on_task_start`` on every component, then new state onto the run's device."""
+    seen = tr.scenario.seen(task)
+    tr.pipeline.on_task_start(task, seen)
+    tr.pipeline.to(tr.device)
+
+
+def end_task(tr: Any, task: int, collected: Collected | None, memory_before: list[int]
+             ) -> None:
+    """``on_task_end`` with the task's view (``collected``: the items already encoded by
+    the current model, else they are encoded now)."""
+    if collected is None:
+        collected = encode_items(tr, task, task_items(tr, task, memory_before), "task view")
+    tr.pipeline.on_task_end(task, task_view(tr, task, collected))

@@ -1,0 +1,301 @@
+"""The :class:`Trainer`: tasks -> stages -> epochs (DESIGN.md section 4).
+
+Flow: seeds, device, process group -> dataset -> backbone -> scenario (class order, task
+splits) -> pipeline -> per task: ``on_task_start`` on every component, the stages that run
+before the memory update, the replay-memory update, the stages marked ``after_memory``, the
+task-end evaluation (accuracy-matrix row, novel-class detection, plugin evaluations),
+``on_task_end`` with the task's view, ``last.pt``. At the end the selected (best-valid)
+checkpoint gives the final figures. The pieces live in their own modules: stage_runner
+(one stage), task_eval (evaluation after a task), memory, lifecycle, resume (checkpoints),
+best (model selection), summary.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..build import build_component
+from ..errors import ClapkitError, RecipeError
+from ..interfaces import BuildContext
+from ..metrics import AccuracyMatrix
+from ..pipeline import Pipeline, build_pipeline
+from ..plugins import PluginHost
+from ..recipe import Recipe
+from . import checkpoint as ckpt
+from . import lifecycle, resume
+from .best import BestTracker
+from .data import RunData
+from .distributed import DistInfo, init_distributed, shutdown
+from .events import Events
+from .loop import Collected, StepConfig, amp_policy, evaluate
+from .memory import select_exemplars
+from .scenario import Scenario, make_scenario
+from .setup import resolve_device, resolve_out_dir, seed_everything
+from .stage_runner import run_stage
+from .stages import check_stage
+from .state import RunState
+from .summary import build_summary, final_metrics, write_summary
+from .task_eval import evaluate_task
+
+log = logging.getLogger("clapkit.engine")
+
+
+class Trainer:
+    """One run of a validated recipe (built by :func:`clapkit.engine.runner.run_recipe`)."""
+
+    def __init__(self, recipe: Recipe, host: PluginHost, *, out_dir: str | Path | None = None,
+                 resume: bool = False) -> None:
+        self.recipe, self.host, self.resume = recipe, host, resume
+        self.out = resolve_out_dir(recipe, out_dir)
+        self._check_recipe()
+
+    # -- checks -----------------------------------------------------------------------------
+
+    def _check_recipe(self) -> None:
+        r, f = self.recipe, self.recipe.file
+        names = [s.name for s in r.stages]
+        dup = next((n for n in names if names.count(n) > 1), None)
+        if dup:
+            raise RecipeError(f, "stages", f"two stages are named '{dup}'")
+        for i, s in enumerate(r.stages):
+            check_stage(s, file=f, key=f"stages[{i}]")
+            if (s.data == "memory" or s.after_memory) and r.memory.size == 0:
+                what = "data = \"memory\"" if s.data == "memory" else "after_memory = true"
+                raise RecipeError(f, f"stages[{i}].{'data' if s.data == 'memory' else 'after_memory'}",
+                                  f"stage '{s.name}': {what} needs a replay memory "
+                                  "(memory.size > 0)")
+        if r.memory.size > 0 and r.selector is None:
+            raise RecipeError(f, "selector", "memory.size > 0 needs a [selector] that picks "
+                              "the exemplars (e.g. plugin = \"random\" or \"herding\")")
+        if r.selector is not None and r.memory.size == 0:
+            raise RecipeError(f, "memory.size", "a [selector] is set but memory.size = 0, so "
+                              "it would never be used; set a memory size or drop [selector]")
+
+    # -- the run ------------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.device = resolve_device(self.recipe.run.device, local_rank)
+        self.info: DistInfo = init_distributed(self.device.type)
+        try:
+            return self._run()
+        finally:
+            shutdown(self.info)
+
+    def _build(self) -> None:
+        r, info = self.recipe, self.info
+        ctx = BuildContext(host=self.host, recipe_file=r.file, work_dir=self.out,
+                           device=self.device, seed=r.run.seed)
+        # the data before the backbone: a missing dataset is reported before any weights
+        # are downloaded (the dataset factories do not need the backbone)
+        source = self._build_source(ctx)
+        backbone = build_component(r.backbone, ctx)
+        ctx.backbone = backbone
+        self.scenario: Scenario = make_scenario(r.scenario, len(source.classes), file=r.file)
+        sc = self.scenario
+        counts = source.class_counts(r.data.keys.train_split) \
+            if r.data.keys.train_split in source.splits() else None
+        ctx.class_names = [source.classes[o] for o in sc.order]
+        ctx.class_counts = [counts[o] for o in sc.order] if counts else None
+        ctx.task_of_class = sc.task_of_class
+        ctx.streams = tuple(source.streams)
+        ctx.num_frames = source.num_frames
+        self.data = RunData(source, r, backbone, info, r.run.seed, self.device)
+        self.pipeline: Pipeline = build_pipeline(r, ctx, backbone).to(self.device)
+        self.selector = build_component(r.selector, ctx) if r.selector else None
+        self.ctx = ctx
+        self.remap = sc.remap_table()
+        self.task_of_class_t = torch.as_tensor(sc.task_of_class, dtype=torch.long)
+        self.amp = amp_policy(r.run.use_amp, r.run.amp_dtype, self.device)
+        self.state = RunState(recipe=r, out_dir=self.out if info.is_main else None,
+                              rank=info.rank, world_size=info.world_size, device=self.device,
+                              class_names=list(ctx.class_names),
+                              task_classes=[sc.classes_of(t) for t in range(sc.num_tasks)],
+                              num_tasks=sc.num_tasks, select_split=self.data.valid_split,
+                              model=self.pipeline)
+        self.events = Events(self.host, self.state)
+
+    def _run(self) -> dict[str, Any]:
+        r, info = self.recipe, self.info
+        t0 = time.time()
+        seed_everything(r.run.seed, r.run.deterministic)
+        st: dict[str, Any] | None = None
+        if self.resume:
+            st = resume.read_last(self.out, r.to_dict())
+        self._build()
+        # progress (resumable): memory, accuracy matrix, selected epoch, last evaluation
+        self.memory: list[int] = []
+        self.acc = AccuracyMatrix()
+        self.best = BestTracker()
+        self.last_task_metrics: dict[str, Any] = {}
+        self.backbone_trained = False
+        if st is not None:
+            resume.restore(self, st)
+        if info.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "recipe.toml").write_text(r.to_toml(), encoding="utf-8")
+        try:
+            self.events.attach_loggers(r, self.ctx)
+            self.events.fire("clapkit_run_start")
+            self._tasks(st)
+            summary = build_summary(self, final_metrics(self), time.time() - t0)
+            self.state.summary = summary
+            if info.is_main:
+                write_summary(self.out, summary)
+            self.events.fire("clapkit_run_end", summary=summary)
+        finally:
+            self.events.detach()
+        return summary
+
+    def _build_source(self, ctx: BuildContext) -> Any:
+        """The dataset; when it cannot be opened and a ``demo_<recipe>.toml`` sits beside
+        the recipe, the one-line error says how to run that demo instead."""
+        try:
+            return build_component(self.recipe.data, ctx)
+        except ClapkitError as exc:
+            f = Path(self.recipe.data.file or self.recipe.file or "")
+            demo = f.with_name(f"demo_{f.name}")
+            if f.name and not f.name.startswith("demo_") and demo.is_file():
+                raise ClapkitError(f"{exc} -- to try this recipe's pipeline on generated data "
+                                   f"instead, run: clapkit run {demo}") from exc
+            raise
+
+    # -- tasks --------------------------------------------------------------------------------
+
+    def start_components(self, task: int) -> None:
+        lifecycle.start_task(self, task)
+
+    def _tasks(self, st: dict[str, Any] | None) -> None:
+        sc = self.scenario
+        position = st["position"] if st is not None else None
+        start_task = 0
+        if position is not None:
+            start_task = position["task"] + (1 if position["phase"] == "task_done" else 0)
+            ckpt.set_rng_state(st["rng"])   # type: ignore[index]
+        for task in range(start_task, sc.num_tasks):
+            self.state.task = task
+            pos = position if position is not None and position["task"] == task else None
+            if pos is None:
+                self.best.reset()
+                self.start_components(task)
+            self.events.fire("clapkit_task_start", task=task, classes=sc.classes_of(task))
+            self._task(task, pos, st)
+
+    def _task(self, task: int, pos: dict[str, Any] | None, st: dict[str, Any] | None) -> None:
+        r, sc = self.recipe, self.scenario
+        stages = [(i, s) for i, s in enumerate(r.stages) if s.runs_in(task)]
+        before = [(i, s) for i, s in stages if not s.after_memory]
+        after = [(i, s) for i, s in stages if s.after_memory]
+        resumed_after = pos is not None and r.stages[pos["stage"]].after_memory \
+            if pos is not None and pos["stage"] < len(r.stages) else False
+        memory_before = list(self.memory)
+        if not resumed_after:
+            self._stages(task, before, pos, st)
+        collected: Collected | None = None
+        wants_memory = r.memory.size > 0 and (task < sc.num_tasks - 1 or bool(after))
+        if wants_memory and not resumed_after:
+            self.memory, collected = self._update_memory(task)
+        if after:
+            if resumed_after:
+                memory_before = self._memory_before_resumed(task)
+            self._stages(task, after, pos if resumed_after else None, st)
+            collected = None                   # the model moved since the memory update
+        metrics = evaluate_task(self, task)
+        if r.memory.size > 0:
+            metrics["memory_size"] = len(self.memory)
+        self.last_task_metrics = metrics
+        lifecycle.end_task(self, task, collected, memory_before)
+        self.events.fire("clapkit_task_end", task=task, metrics=metrics)
+        resume.save_last(self, {"task": task, "stage": len(r.stages), "epoch": -1,
+                                "phase": "task_done"}, None, None, None)
+
+    def _memory_before_resumed(self, task: int) -> list[int]:
+        """On a resume inside an after-memory stage the memory the task trained with is
+        no longer known; the view then holds the task's items plus the current memory."""
+        return list(self.memory)
+
+    def _stages(self, task: int, stages: list[tuple[int, Any]], pos: dict[str, Any] | None,
+                st: dict[str, Any] | None) -> None:
+        for s_idx, stage in stages:
+            first_epoch, opt_state = 0, None
+            if pos is not None:
+                if s_idx < pos["stage"]:
+                    continue
+                if s_idx == pos["stage"]:
+                    first_epoch = pos["epoch"] + 1
+                    opt_state = st
+                    if first_epoch >= stage.epochs:
+                        continue
+            run_stage(self, task, s_idx, stage, first_epoch, opt_state)
+
+    # -- shared by the stage runner, evaluation and memory ----------------------------------
+
+    def seen(self, task: int) -> int | None:
+        return self.scenario.seen(task) if self.scenario.incremental else None
+
+    def eval_indices(self, split: str, task: int) -> list[int]:
+        labels = self.data.labels[split]
+        return self.scenario.items_of(labels, list(range(task + 1)))
+
+    def use_cache(self, stage_name: str) -> bool:
+        """Whether the stage reads cached image features (said once per stage when a
+        prompt that changes the image encoder prevents it)."""
+        mode = self.recipe.cache.enabled
+        pipe = self.pipeline
+        encoder_moves = not pipe.features_cacheable() or self.backbone_trained
+        if mode == "off":
+            return False
+        if encoder_moves:
+            if pipe.changes_image_encoder:
+                why = f"prompt '{pipe.image_prompt}' changes the image encoder"
+            elif pipe.backbone_trainable():
+                why = "it trains the image encoder"
+            else:
+                why = "it follows a stage that trained the image encoder"
+            if mode == "on":
+                raise RecipeError(self.recipe.file, "cache.enabled",
+                                  f"cache.enabled = \"on\" but stage '{stage_name}': {why}, so "
+                                  "its image features cannot come from the cache (use \"auto\")")
+            log.warning("stage '%s': image features are computed from pixels, not read from "
+                        "the cache: %s", stage_name, why)
+            return False
+        return True
+
+    def use_cache_for_eval(self) -> bool:
+        if self.recipe.cache.enabled == "off":
+            return False
+        return self.pipeline.features_cacheable() and not self.backbone_trained
+
+    def step_cfg(self, task: int, desc: str, **kw: Any) -> StepConfig:
+        r = self.recipe
+        return StepConfig(device=self.device, remap=self.remap,
+                          task_of_class=self.task_of_class_t,
+                          num_classes=self.scenario.num_classes, seen=self.seen(task),
+                          task=task, num_samples=r.run.num_samples,
+                          amp=self.amp, grad_clip=r.run.grad_clip, mixup_alpha=r.run.mixup_alpha,
+                          progress=r.run.progress, desc=desc, **kw)
+
+    def evaluate_split(self, split: str, task: int, cached: bool, what: str) -> dict[str, Any]:
+        loader = self.data.eval_loader(split, self.eval_indices(split, task), cached=cached)
+        meter, _ = evaluate(self.pipeline, loader, self.step_cfg(task, f"eval {what}"),
+                            self.info)
+        return meter.compute()
+
+    def _update_memory(self, task: int) -> tuple[list[int], Collected]:
+        """The new memory out of the task's items plus the old memory (every rank scores
+        every candidate, so all ranks pick the same memory), and the candidates' outputs
+        (they are the task's view when no stage runs after the memory update)."""
+        candidates = lifecycle.task_items(self, task, self.memory)
+        collected = lifecycle.encode_items(self, task, candidates, "memory")
+        picked = select_exemplars(self.selector, collected, self.recipe.memory.size,
+                                  self.seen(task))
+        return picked, collected
+
+    def model_state(self) -> dict[str, torch.Tensor]:
+        return ckpt.model_state(self.pipeline, include_backbone=self.backbone_trained)
