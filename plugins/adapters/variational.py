@@ -137,6 +137,7 @@ class Variational(Adapter):
             self.register_buffer("tmpl_var", template_stats[1], persistent=False)
             self._init_from_text(self.current, seen=template_stats[0].shape[0])
         self._n_old = 0
+        self._snap_versions: tuple[int, ...] = ()
 
     # -- growth --------------------------------------------------------------------------
 
@@ -174,8 +175,14 @@ class Variational(Adapter):
                 setattr(self, f"old_{kind}_weight", nn.Parameter(new_w.clone(), requires_grad=False))
                 setattr(self, f"old_{kind}_bias", nn.Parameter(new_b.clone(), requires_grad=False))
             self._n_old += 1
+            self._snap_versions = self._old_versions()
             self.current = Pair(self.dim).to(cur.mu.weight.device)
             self._init_from_text(self.current, seen_classes)
+
+    def _old_versions(self) -> tuple[int, ...]:
+        """In-place update counters of the old pairs (optimizers and loads bump them)."""
+        return tuple(p._version for p in (self.old_mu_weight, self.old_mu_bias)
+                     if p is not None)
 
     def all_weights(self, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
         """``[T,D,D]`` and ``[T,D]`` of every task's ``kind`` ("mu"/"sigma") layer."""
@@ -269,7 +276,12 @@ class Variational(Adapter):
         aux["mean"] = mu
         old_n = self._old_classes(tasks)
         if self.prev_mu_weight is not None and old_n:
-            aux["prev_mean"] = self._prev_mean(x[..., :old_n, :], tasks[:old_n])
+            if self._old_versions() == self._snap_versions and \
+                    bool((tasks[:old_n] < self._n_old).all()):
+                # old pairs untouched since the snapshot: identical weights, same input
+                aux["prev_mean"] = mu[..., :old_n, :].detach()
+            else:
+                aux["prev_mean"] = self._prev_mean(x[..., :old_n, :], tasks[:old_n])
         if self.cfg.prior == "data":
             aux["prior_loc"], aux["prior_scale"] = self._data_prior(x, tasks, step)
         if self.global_ is not None:
