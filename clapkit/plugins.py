@@ -16,6 +16,7 @@ import importlib.metadata as md
 import logging
 import os
 import sys
+import traceback
 from typing import Any
 
 import attrs
@@ -44,14 +45,37 @@ class PluginInfo:
 
 @attrs.define
 class BrokenPlugin:
-    """An entry point or module that failed to load."""
+    """An entry point or module that failed to load: the error, where in the plugin's own
+    code it happened (``file:line``) and the traceback (``clapkit --debug plugins``)."""
 
     name: str
     provider: str
     error: str
+    location: str | None = None
+    traceback: str = ""
 
     def describe(self) -> str:
-        return f"{self.name} ({self.provider}): {self.error}"
+        where = f" (at {self.location})" if self.location else ""
+        return f"{self.name} ({self.provider}): {self.error}{where}"
+
+
+_CORE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def describe_failure(exc: BaseException) -> tuple[str, str | None, str]:
+    """``(message, "file:line" in the plugin's code or None, traceback text)`` of an import
+    or registration failure. The location is the innermost frame outside importlib and
+    the clapkit core, so a bad ``registrar.add`` call points at the plugin's line."""
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return f"SyntaxError: {exc.msg}", f"{exc.filename}:{exc.lineno}", text
+    location = None
+    for frame in traceback.extract_tb(exc.__traceback__):
+        f = os.path.abspath(frame.filename) if not frame.filename.startswith("<") else ""
+        if f and not f.startswith(_CORE_DIR + os.sep) and "importlib" not in f \
+                and f"{os.sep}pluggy{os.sep}" not in f:
+            location = f"{frame.filename}:{frame.lineno}"
+    return f"{type(exc).__name__}: {exc}", location, text
 
 
 class _Manager(pluggy.PluginManager):
@@ -102,19 +126,35 @@ class PluginHost:
             try:
                 obj = ep.load()
             except Exception as exc:  # noqa: BLE001 - any import failure is reported, not fatal
-                self._mark_broken(ep.name, dist, f"{type(exc).__name__}: {exc}")
+                self._mark_broken(ep.name, dist, *describe_failure(exc))
                 continue
             self.add_plugin(obj, ep.name, dist, version)
 
     def load_module(self, dotted: str, source: str = "recipe") -> None:
-        """Load a plugin module named in a recipe's ``plugins = [...]`` list."""
+        """Load a plugin module named in a recipe's ``plugins = [...]`` list (or given to
+        ``pytest --clapkit-plugin``). A module already loaded through its entry point is
+        not loaded twice."""
         if dotted in self.plugins:
             return
         try:
             obj = importlib.import_module(dotted)
-        except Exception as exc:  # noqa: BLE001
-            raise ClapkitError(f"{source}: plugin module '{dotted}' failed to import: "
-                               f"{type(exc).__name__}: {exc}") from exc
+        except ModuleNotFoundError as exc:
+            if exc.name and (dotted == exc.name or dotted.startswith(exc.name + ".")):
+                raise ClapkitError(
+                    f"{source}: plugin module '{dotted}' is not on sys.path (no module named "
+                    f"'{exc.name}'); put the folder that holds it on PYTHONPATH (e.g. "
+                    f"PYTHONPATH=/path/to/folder clapkit ...) or install its package "
+                    f"(pip install -e /path/to/package)") from exc
+            msg, where, _ = describe_failure(exc)
+            raise ClapkitError(f"{source}: plugin module '{dotted}' failed to import"
+                               f"{' at ' + where if where else ''}: {msg} (a module it "
+                               f"imports is not installed)") from exc
+        except Exception as exc:  # noqa: BLE001 - any import failure, located
+            msg, where, _ = describe_failure(exc)
+            raise ClapkitError(f"{source}: plugin module '{dotted}' failed to import"
+                               f"{' at ' + where if where else ''}: {msg}") from exc
+        if self.pm.is_registered(obj):      # already loaded through its entry point
+            return
         dist, version = _distribution_of(dotted)
         self.add_plugin(obj, dotted, dist, version, strict=True)
 
@@ -125,6 +165,8 @@ class PluginHost:
         A hook implementation whose name is no clapkit hook fails here, never later.
         Returns False (and records the failure) when the plugin is broken, unless ``strict``.
         """
+        if self.pm.is_registered(obj):      # the same module under another name: loaded
+            return True
         try:
             self._check_hook_names(obj, name)
             self.pm.register(obj, name=name)
@@ -145,17 +187,18 @@ class PluginHost:
                 try:
                     impl.function(registrar=registrar)
                 except Exception as exc:  # noqa: BLE001
-                    if strict:
-                        self.pm.unregister(obj)
-                        del self.plugins[name]
-                        if isinstance(exc, ClapkitError):
-                            raise
-                        raise ClapkitError(f"plugin {name} ({provider}) failed to register: "
-                                           f"{type(exc).__name__}: {exc}") from exc
-                    self._mark_broken(name, provider, f"registration failed: "
-                                      f"{type(exc).__name__}: {exc}")
+                    registrar.rollback()          # all or nothing: no half-added entries
                     self.pm.unregister(obj)
                     del self.plugins[name]
+                    msg, where, text = describe_failure(exc)
+                    at = f" at {where}" if where else ""
+                    if strict:
+                        if isinstance(exc, ClapkitError):
+                            raise
+                        raise ClapkitError(f"plugin {name} ({provider}) failed to register"
+                                           f"{at}: {msg}") from exc
+                    self._mark_broken(name, provider, f"registration failed: {msg}", where,
+                                      text)
                     return False
         return True
 
@@ -170,8 +213,9 @@ class PluginHost:
                 hint = f"; did you mean '{close}'?" if close else ""
                 raise ClapkitError(f"unknown hook '{attr}'{hint}")
 
-    def _mark_broken(self, name: str, provider: str, error: str) -> None:
-        broken = BrokenPlugin(name, provider, error)
+    def _mark_broken(self, name: str, provider: str, error: str, location: str | None = None,
+                     text: str = "") -> None:
+        broken = BrokenPlugin(name, provider, error, location, text)
         self.broken.append(broken)
         for reg in self.registries:
             reg.broken.append(broken.describe())

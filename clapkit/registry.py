@@ -71,6 +71,11 @@ class Registry:
                 f"(plugin {old.plugin_name}) and by {entry.provider} (plugin {entry.plugin_name})")
         self._entries[entry.name] = entry
 
+    def remove(self, entry: ComponentEntry) -> None:
+        """Take ``entry`` out again (a plugin whose registration failed half-way)."""
+        if self._entries.get(entry.name) is entry:
+            del self._entries[entry.name]
+
     def get(self, name: str) -> ComponentEntry:
         try:
             return self._entries[name]
@@ -121,13 +126,21 @@ class Registrar:
     """What a plugin's ``clapkit_register`` hook receives: ``registrar.add(...)``.
 
     It knows which plugin and distribution is calling, so third parties and built-ins are
-    recorded the same way.
+    recorded the same way. It remembers what it added so the host can :meth:`rollback` a
+    plugin whose ``clapkit_register`` raised half-way (registration is all or nothing).
     """
 
     def __init__(self, registries: Registries, provider: str, version: str,
                  plugin_name: str) -> None:
         self._registries = registries
         self.provider, self.version, self.plugin_name = provider, version, plugin_name
+        self.added: list[ComponentEntry] = []
+
+    def rollback(self) -> None:
+        """Remove every entry this registrar added."""
+        for entry in reversed(self.added):
+            self._registries[entry.kind].remove(entry)
+        self.added.clear()
 
     def add(self, kind: str, name: str, factory: Callable[..., Any], *,
             config: type = NoOptions, summary: str | None = None,
@@ -147,3 +160,4 @@ class Registrar:
             provider=self.provider, version=self.version, plugin_name=self.plugin_name,
             meta=dict(meta), test_options=test_options)
         self._registries[kind].add(entry)
+        self.added.append(entry)
