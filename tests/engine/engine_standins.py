@@ -156,9 +156,77 @@ class FirstK(Selector):
         return torch.as_tensor(sorted(out), dtype=torch.long)
 
 
+class GrowingPrompt(Prompt):
+    """Grows per task: ``deltas.<t>`` (a trainable ``[C,D]`` residual, the older ones frozen)
+    and the buffer ``anchors.<t>`` created at task start, filled at task end with the mean
+    ``z`` of the task's view. ``calls`` records the lifecycle for the tests."""
+
+    calls: list[tuple] = []
+
+    def __init__(self, ctx: BuildContext) -> None:
+        super().__init__()
+        bb = ctx.backbone
+        with torch.no_grad():
+            base = bb.encode_text(bb.tokenize([f"a photo of {n}" for n in ctx.class_names]))
+        self.register_buffer("base", F.normalize(base.float(), dim=-1))
+        self.deltas = nn.ParameterDict()
+        self.anchors = nn.Module()
+
+    def on_task_start(self, task, seen_classes):
+        GrowingPrompt.calls.append(("start", task, seen_classes))
+        for p in self.deltas.values():
+            p.requires_grad_(False)
+        self.deltas[str(task)] = nn.Parameter(torch.zeros_like(self.base))
+        self.anchors.register_buffer(str(task), torch.zeros(self.base.shape[1]))
+
+    def on_task_end(self, task, view):
+        GrowingPrompt.calls.append(("end", task, list(view.classes),
+                                    sorted(set(view.labels.tolist())), tuple(view.z.shape),
+                                    sorted(view.image)))
+        getattr(self.anchors, str(task)).copy_(view.z.mean(0))
+
+    def forward(self, image=None, step=None) -> PromptOutput:
+        text = self.base
+        for p in self.deltas.values():
+            text = text + p
+        return PromptOutput(text=text)
+
+
+class DeepPrompt(Prompt):
+    """Changes the image encoder: one learnable vision prompt token before block 0."""
+
+    changes_image_encoder = True
+
+    def __init__(self, ctx: BuildContext) -> None:
+        super().__init__()
+        bb = ctx.backbone
+        with torch.no_grad():
+            base = bb.encode_text(bb.tokenize([f"a photo of {n}" for n in ctx.class_names]))
+        self.register_buffer("base", F.normalize(base.float(), dim=-1))
+        self.vision = nn.Parameter(torch.zeros(1, bb.vision_width))
+
+    def vision_prompts(self):
+        return [self.vision]
+
+    def forward(self, image=None, step=None) -> PromptOutput:
+        return PromptOutput(text=self.base)
+
+
+class NegCE(Loss):
+    """-CE: training with it makes the model worse (to separate best from last epochs)."""
+
+    needs = ("logits",)
+
+    def forward(self, outputs, batch):
+        return -F.cross_entropy(outputs["logits"].float(), batch["label"])
+
+
 @hookimpl
 def clapkit_register(registrar):
     registrar.add("dataset", "t_colors", lambda cfg, ctx: ColorsSource(cfg), config=ColorsConfig)
+    registrar.add("prompt", "t_growing", lambda cfg, ctx: GrowingPrompt(ctx), config=NoCfg)
+    registrar.add("prompt", "t_deep", lambda cfg, ctx: DeepPrompt(ctx), config=NoCfg)
+    registrar.add("loss", "t_neg_ce", lambda cfg, ctx: NegCE(), config=NoCfg)
     registrar.add("prompt", "t_residual", lambda cfg, ctx: ResidualPrompt(ctx), config=NoCfg)
     registrar.add("adapter", "t_frame_linear",
                   lambda cfg, ctx: FrameLinear(ctx.embed_dim, cfg.dropout),
