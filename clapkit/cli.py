@@ -84,25 +84,12 @@ _set_option = click.option("--set", "overrides", multiple=True, metavar="KEY=VAL
 @recipe_group.command("check")
 @click.argument("file", type=click.Path(path_type=Path))
 @_set_option
-@click.option("--static", is_flag=True,
-              help="Only validate keys and values; do not build the pipeline.")
-def recipe_check(file: Path, overrides: tuple[str, ...], static: bool) -> None:
-    """Validate FILE and build its pipeline as a run would (data, backbone without network,
-    components, stage parameter globs), without training. Stand-ins used for data or
-    weights that are not on this machine are listed as notes."""
+def recipe_check(file: Path, overrides: tuple[str, ...]) -> None:
+    """Validate FILE (keys, plugin names, options) without running anything."""
     from .recipe import load_recipe
-    if static:
-        recipe = load_recipe(file, host(), overrides)
-        click.echo(f"{file}: ok ({len(recipe.components())} components, "
-                   f"{len(recipe.stages)} stages; not built)")
-        return
-    from .recipe_check import check_recipe
-    report = check_recipe(file, host(), overrides)
-    for note in report.notes:
-        click.echo(f"note: {note}")
-    stages = ", ".join(f"{n}: {k} tensors" for n, k in report.stages.items())
-    click.echo(f"{file}: ok ({len(report.recipe.components())} components, "
-               f"{len(report.recipe.stages)} stages trainable: {stages or 'none'})")
+    recipe = load_recipe(file, host(), overrides)
+    n = len(recipe.components())
+    click.echo(f"{file}: ok ({n} components, {len(recipe.stages)} stages)")
 
 
 @recipe_group.command("show")
@@ -157,25 +144,6 @@ def eval_cmd(target: Path, checkpoint: str | None, split: str, out_dir: Path | N
                                out=out_dir, overrides=overrides)
     for line in format_result(result):
         click.echo(line)
-    click.echo(f"written: {dest}")
-
-
-@cli.command("probe")
-@click.argument("recipe", type=click.Path(path_type=Path))
-@click.option("--out", "out_dir", type=click.Path(path_type=Path),
-              help="Folder for probe.json (default: run.out_dir of the recipe).")
-@_set_option
-def probe_cmd(recipe: Path, out_dir: Path | None, overrides: tuple[str, ...]) -> None:
-    """Linear-probe baseline of RECIPE: logistic regression (L-BFGS) on its frozen, cached
-    image features, L2 strength chosen on validation data ([probe] section); prints and
-    writes the test metrics to OUT/probe.json."""
-    from .baselines.probe import run_probe
-    from .evaluation import format_result
-    result, dest = run_probe(recipe, host(), out=out_dir, overrides=overrides)
-    for line in format_result(result):
-        click.echo(line)
-    click.echo(f"  chosen C = {result['C']:.4g} (L2 strength {result['l2_strength']:.4g}, "
-               f"on {result['valid']}); train accuracy {100 * result['train_acc']:.1f}%")
     click.echo(f"written: {dest}")
 
 
