@@ -1,0 +1,160 @@
+"""CLAP4CLIP training-step benchmark on precomputed features (issue 11).
+
+Times forward + backward of everything above the frozen encoder -- ``task_tokens`` ->
+``vga`` -> ``variational`` text adapters, the router, cosine logits averaged over the
+Monte-Carlo samples, cross-entropy + ``prior_kl`` -- for a batch of B image features and
+the text features of the seen classes (10 per task), at the last task of a run with
+``tasks`` tasks (all earlier pairs/tokens grown through ``on_task_start``).
+
+Grid: num_samples (5, 10, 20, 40) x tasks (2, 5, 10, 20) x hierarchy off/on, VGA context
+``per_batch`` (the reference's behaviour: one decoder pass over the batch) and, with
+``--context per_sample|both``, the batch-independent default (B decoder passes in one call;
+its cost grows with B, see the printed rows). Step time is the median over ``--steps``
+timed steps after ``--warmup``; peak memory is CUDA's peak on a GPU, else the growth of the
+process's peak RSS (ru_maxrss) during the row, a lower bound when an earlier row peaked
+higher.
+
+``--json FILE`` writes one JSON object per row: tasks, num_samples, hierarchical, context,
+step_s, peak_mb.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import attrs
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from clapkit.geometry import cosine_logits  # noqa: E402
+from clapkit.interfaces import HeadOutput, StepContext  # noqa: E402
+from clapkit_plugins.adapters.task_tokens import TaskTokens  # noqa: E402
+from clapkit_plugins.adapters.variational import Variational, VariationalConfig  # noqa: E402
+from clapkit_plugins.adapters.vga import VGA, VGAConfig  # noqa: E402
+from clapkit_plugins.losses.prior_kl import PriorKL, PriorKLConfig  # noqa: E402
+from clapkit_plugins.routers.uniform import UniformRouter  # noqa: E402
+
+
+class Stack(torch.nn.Module):
+    """The trainable part of a CLAP4CLIP step, composed as the pipeline composes it."""
+
+    def __init__(self, dim: int, context: str, hierarchical: bool, global_samples: int,
+                 n_tasks: int, per_task: int) -> None:
+        super().__init__()
+        self.tokens = TaskTokens(dim, 0.02)
+        self.vga = VGA(dim, VGAConfig(context=context))
+        self.variational = Variational(dim, VariationalConfig(
+            hierarchical=hierarchical, global_samples=global_samples))
+        self.kl = PriorKL(PriorKLConfig())
+        for t in range(n_tasks):
+            for m in (self.tokens, self.vga, self.variational):
+                m.on_task_start(t, per_task * (t + 1))
+        self.scale = 100.0
+
+    def forward(self, text, z, step):
+        out = self.tokens(text, z, step)
+        step = attrs.evolve(step, queries=out.queries)
+        out = self.vga(out.text, z, step)
+        res = self.variational(out.text, z, step)
+        head = HeadOutput.from_logits(cosine_logits(z, res.text) * self.scale, res.sample_mask)
+        return head, res
+
+
+def run_row(tasks: int, samples: int, hierarchical: bool, context: str, args) -> dict:
+    torch.manual_seed(0)
+    d, b, per = args.dim, args.batch, args.classes_per_task
+    c = tasks * per
+    stack = Stack(d, context, hierarchical, args.global_samples, tasks, per).train()
+    router = UniformRouter("each")
+    text = F.normalize(torch.randn(c, d), dim=-1)
+    toc = torch.arange(c) // per
+    times = []
+    dev = torch.device(args.device)
+    stack.to(dev)
+    text, toc = text.to(dev), toc.to(dev)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for i in range(args.warmup + args.steps):
+        z = torch.randn(b, d, device=dev)
+        label = torch.randint((tasks - 1) * per, c, (b,), device=dev)   # current task
+        present = torch.unique(toc[label])
+        step = StepContext(task=tasks - 1, seen_classes=c, num_samples=samples,
+                           training=True, task_of_class=toc, tasks_present=present,
+                           label=label)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        t0 = time.perf_counter()
+        alloc = router(z, step)
+        step = attrs.evolve(step, allocation=alloc)
+        head, res = stack(text, z, step)
+        loss = F.cross_entropy(head.logits, label) + stack.kl(
+            {"distributions": {"variational": res.distribution}, "aux": {}}, {"step": step})
+        stack.zero_grad(set_to_none=True)
+        loss.backward()
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        if i >= args.warmup:
+            times.append(time.perf_counter() - t0)
+    if dev.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(dev) / 2**20
+    else:
+        peak = max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
+    return {"tasks": tasks, "num_samples": samples, "hierarchical": hierarchical,
+            "context": context, "step_s": round(statistics.median(times), 5),
+            "peak_mb": round(peak, 1)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--json", type=Path, help="write one JSON object per row to this file")
+    p.add_argument("--samples", type=int, nargs="+", default=[5, 10, 20, 40])
+    p.add_argument("--tasks", type=int, nargs="+", default=[2, 5, 10, 20])
+    p.add_argument("--hierarchy", choices=["off", "on", "both"], default="both")
+    p.add_argument("--context", choices=["per_batch", "per_sample", "both"],
+                   default="per_batch")
+    p.add_argument("--global-samples", type=int, default=2)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--dim", type=int, default=512)
+    p.add_argument("--classes-per-task", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    hier = {"off": [False], "on": [True], "both": [False, True]}[args.hierarchy]
+    contexts = ["per_batch", "per_sample"] if args.context == "both" else [args.context]
+    rows = []
+    out = args.json.open("w") if args.json else None
+    print(f"{'context':<11}{'hier':>5}{'tasks':>6}{'S':>4}{'step_s':>9}{'peak_mb':>9}")
+    try:
+        for context in contexts:
+            for h in hier:
+                for tasks in args.tasks:
+                    for s in args.samples:
+                        row = run_row(tasks, s, h, context, args)
+                        rows.append(row)
+                        print(f"{context:<11}{str(h):>5}{tasks:>6}{s:>4}"
+                              f"{row['step_s']:>9.4f}{row['peak_mb']:>9.1f}", flush=True)
+                        if out:
+                            out.write(json.dumps(row) + "\n")
+                            out.flush()
+    finally:
+        if out:
+            out.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
