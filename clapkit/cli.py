@@ -84,12 +84,25 @@ _set_option = click.option("--set", "overrides", multiple=True, metavar="KEY=VAL
 @recipe_group.command("check")
 @click.argument("file", type=click.Path(path_type=Path))
 @_set_option
-def recipe_check(file: Path, overrides: tuple[str, ...]) -> None:
-    """Validate FILE (keys, plugin names, options) without running anything."""
+@click.option("--static", is_flag=True,
+              help="Only validate keys and values; do not build the pipeline.")
+def recipe_check(file: Path, overrides: tuple[str, ...], static: bool) -> None:
+    """Validate FILE and build its pipeline as a run would (data, backbone without network,
+    components, stage parameter globs), without training. Stand-ins used for data or
+    weights that are not on this machine are listed as notes."""
     from .recipe import load_recipe
-    recipe = load_recipe(file, host(), overrides)
-    n = len(recipe.components())
-    click.echo(f"{file}: ok ({n} components, {len(recipe.stages)} stages)")
+    if static:
+        recipe = load_recipe(file, host(), overrides)
+        click.echo(f"{file}: ok ({len(recipe.components())} components, "
+                   f"{len(recipe.stages)} stages; not built)")
+        return
+    from .recipe_check import check_recipe
+    report = check_recipe(file, host(), overrides)
+    for note in report.notes:
+        click.echo(f"note: {note}")
+    stages = ", ".join(f"{n}: {k} tensors" for n, k in report.stages.items())
+    click.echo(f"{file}: ok ({len(report.recipe.components())} components, "
+               f"{len(report.recipe.stages)} stages trainable: {stages or 'none'})")
 
 
 @recipe_group.command("show")

@@ -46,7 +46,7 @@ def test_plugins_kind_filter_and_hooks(use_fake_host, capsys):
 
 
 def test_recipe_check_ok_and_typo(use_fake_host, minimal_recipe, tmp_path, capsys):
-    code, out, _ = _main(["recipe", "check", str(minimal_recipe)], capsys)
+    code, out, _ = _main(["recipe", "check", "--static", str(minimal_recipe)], capsys)
     assert code == 0 and "ok" in out
     bad = tmp_path / "typo.toml"
     bad.write_text(minimal_recipe.read_text().replace('plugin = "fake_bb"', 'plugn = "fake_bb"'))

@@ -124,6 +124,53 @@ def _resolve_weights(cfg: OpenClipConfig) -> tuple[str, str | None]:
                        f"nor an existing file (tags: {', '.join(tags) or 'none'})")
 
 
+def _tag_weights_cached(cfg: OpenClipConfig, tag: str) -> bool:
+    """Whether the weights of ``tag`` are already on this machine (no network used)."""
+    pcfg = open_clip.get_pretrained_cfg(_name(cfg), tag) or {}
+    if "file" in pcfg:
+        return Path(pcfg["file"]).is_file()
+    hub = pcfg.get("hf_hub", "")
+    if hub:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+        except ImportError:
+            hub = ""
+        else:
+            model_id, filename = os.path.split(hub)
+            names = [filename or "open_clip_pytorch_model.bin"]
+            names.insert(0, str(Path(names[0]).with_suffix(".safetensors")).replace(
+                "pytorch_model", "model"))
+            return any(isinstance(try_to_load_from_cache(model_id, n, cache_dir=cfg.cache_dir),
+                                  str) for n in names)
+    url = pcfg.get("url", "")
+    if url:
+        folder = Path(cfg.cache_dir or Path.home() / ".cache" / "clip").expanduser()
+        return (folder / os.path.basename(url)).is_file()
+    return False
+
+
+def _check_download_possible(cfg: OpenClipConfig, tag: str) -> None:
+    """Weights not cached: one quick connection attempt, and on failure one clear error
+    (instead of the hub client's retries with backoff, about a minute offline)."""
+    if _tag_weights_cached(cfg, tag):
+        return
+    import socket
+    from urllib.parse import urlparse
+    pcfg = open_clip.get_pretrained_cfg(_name(cfg), tag) or {}
+    host = "huggingface.co" if pcfg.get("hf_hub") else (urlparse(pcfg.get("url", "")).hostname
+                                                          or "huggingface.co")
+    try:
+        socket.create_connection((host, 443), timeout=5).close()
+    except OSError as exc:
+        raise ClapkitError(
+            f"backbone.pretrained = '{tag}': the weights of open_clip model '{cfg.model}' are "
+            f"not cached on this machine and cannot be downloaded ({host}: {exc}). Download "
+            "them once where there is a network (open_clip caches them), or point "
+            "backbone.pretrained at a local checkpoint file: --set "
+            "backbone.pretrained=/path/to/open_clip_pytorch_model.bin (or .safetensors/.pt)"
+        ) from None
+
+
 class OpenClipBackbone(Backbone):
     """A frozen open_clip CLIP model behind the clapkit Backbone contract."""
 
@@ -131,6 +178,8 @@ class OpenClipBackbone(Backbone):
         super().__init__()
         self.cfg = cfg
         kind, value = _resolve_weights(cfg)
+        if kind == "tag" and value:
+            _check_download_possible(cfg, value)
         self._weights_kind, self._weights_value = kind, value
         with torch.random.fork_rng(devices=[]), _quiet_random_init():
             torch.manual_seed(cfg.seed)

@@ -1,0 +1,174 @@
+"""``clapkit recipe check``: what a run would fail on at build time, found without running it.
+
+After validation (keys, values, plugin names) the check does what a run does before its first
+step, cheaply and never over the network:
+
+* the run's own recipe checks (duplicate stage names, options that only make sense together,
+  memory without selector, ...), the same code the trainer runs;
+* the dataset is opened (the scenario's ``task_to_cls_num`` must sum to its classes); when it
+  is not on disk, a stand-in of the same layout is generated from the plugin's
+  ``test_options`` (tiny) and the class count is not checked;
+* the backbone is built with the network switched off (:func:`no_network`); when its weights
+  are not on this machine, the plugin's ``test_options`` stand-in is built instead (for
+  open_clip: the tiny random CLIP, whose parameter names have the same structure);
+* the pipeline is composed (prompt views, head view, adapter places, loss needs) and every
+  stage's ``train`` globs must select parameters that exist (after task 0's growth) and its
+  ``lr_groups`` must match some of them.
+
+Each stand-in is reported as a note, so a passing check says what it could not verify.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import socket
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from .build import build_component
+from .errors import ClapkitError
+from .interfaces import BuildContext
+from .plugins import PluginHost
+from .recipe import ComponentSpec, Recipe, load_recipe
+
+
+@attrs.define
+class CheckReport:
+    recipe: Recipe
+    notes: list[str] = attrs.field(factory=list)
+    stages: dict[str, int] = attrs.field(factory=dict)   # stage name -> trainable tensors
+
+
+@contextlib.contextmanager
+def no_network() -> Iterator[None]:
+    """Every socket connect fails at once inside the block (a check never downloads)."""
+    real = socket.socket.connect
+
+    def refuse(self: socket.socket, address: Any) -> None:
+        if self.family == getattr(socket, "AF_UNIX", None):
+            return real(self, address)
+        raise OSError(f"network disabled during `clapkit recipe check` (connect to {address})")
+
+    real_lookup = socket.getaddrinfo
+
+    def no_lookup(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host in (None, "localhost", "127.0.0.1", "::1"):
+            return real_lookup(host, *args, **kwargs)
+        raise OSError(f"network disabled during `clapkit recipe check` (lookup of {host})")
+
+    socket.socket.connect = refuse  # type: ignore[method-assign]
+    socket.getaddrinfo = no_lookup  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        socket.socket.connect = real  # type: ignore[method-assign]
+        socket.getaddrinfo = real_lookup  # type: ignore[assignment]
+
+
+def _stand_in(spec: ComponentSpec, ctx: BuildContext, host: PluginHost,
+              keep_options: bool) -> ComponentSpec | None:
+    """``spec`` with its plugin's ``test_options`` (over the recipe's options when
+    ``keep_options``, else over the plugin's defaults); None when the plugin has none."""
+    entry = host.registries[spec.kind].get(spec.plugin)
+    if entry.test_options is None:
+        return None
+    opts = entry.test_options(ctx)
+    base = spec.config if keep_options else entry.config_cls()
+    return attrs.evolve(spec, config=attrs.evolve(base, **opts))
+
+
+def _reason(exc: Exception) -> str:
+    """The cause in a few words: the last ``": "`` part of the first sentence."""
+    text = str(exc).splitlines()[0].split(". ")[0]
+    return text.rsplit(": ", 1)[-1][:160]
+
+
+def _build_with_stand_in(spec: ComponentSpec, ctx: BuildContext, host: PluginHost,
+                         what: str, notes: list[str], force: bool = False) -> Any:
+    try:
+        if force:
+            raise ClapkitError("stand-in requested")
+        with no_network():
+            return build_component(spec, ctx)
+    except ClapkitError as exc:
+        for keep in (True, False):
+            alt = _stand_in(spec, ctx, host, keep)
+            if alt is None:
+                break
+            try:
+                with no_network():
+                    built = build_component(alt, ctx)
+            except ClapkitError:
+                continue
+            notes.append(f"{spec.section}: {what} not on this machine ({_reason(exc)}); "
+                         f"checked with the '{spec.plugin}' plugin's test stand-in")
+            return built
+        raise
+
+
+def check_recipe(path: str | Path, host: PluginHost,
+                 overrides: list[str] | tuple[str, ...] = (),
+                 work_dir: Path | None = None, stand_ins: bool = False) -> CheckReport:
+    """Validate ``path`` and build its pipeline as a run would (see the module docstring).
+
+    ``stand_ins``: build with the data and backbone stand-ins even where the real ones are
+    available (the test suite checks every shipped recipe that way, machine-independently).
+    """
+    from .engine.runner import Trainer, resolve_device
+    from .engine.scenario import make_scenario
+    from .engine.stages import param_groups, select_parameters
+    from .evaluation import replay_growth
+    from .pipeline import build_pipeline
+
+    recipe = load_recipe(path, host, overrides)
+    report = CheckReport(recipe=recipe)
+    with tempfile.TemporaryDirectory(prefix="clapkit-check-") as tmp:
+        Trainer(recipe, host, out_dir=Path(tmp) / "out")        # the run's own checks
+    work = work_dir or Path(recipe.cache.dir) / "recipe-check"
+    work.mkdir(parents=True, exist_ok=True)
+    ctx = BuildContext(host=host, recipe_file=recipe.file, work_dir=work,
+                       device=resolve_device("cpu", 0), seed=recipe.run.seed)
+    n_notes = len(report.notes)
+    source = _build_with_stand_in(recipe.data, ctx, host, "the data", report.notes,
+                                  stand_ins)
+    real_data = len(report.notes) == n_notes
+    backbone = _build_with_stand_in(recipe.backbone, ctx, host, "the backbone weights",
+                                    report.notes, stand_ins)
+    ctx.backbone = backbone
+    scenario_cfg = recipe.scenario
+    if not real_data and scenario_cfg.task_to_cls_num:
+        report.notes.append("scenario.task_to_cls_num: not checked against the stand-in "
+                            "data's classes")
+        scenario_cfg = attrs.evolve(scenario_cfg, task_to_cls_num=None)
+    sc = make_scenario(scenario_cfg, len(source.classes), file=recipe.file)
+    ctx.class_names = [source.classes[o] for o in sc.order]
+    train = recipe.data.keys.train_split
+    counts = source.class_counts(train) if train in source.splits() else None
+    ctx.class_counts = [counts[o] for o in sc.order] if counts else None
+    ctx.task_of_class = sc.task_of_class
+    ctx.streams = tuple(source.streams)
+    ctx.num_frames = source.num_frames
+    pipe = build_pipeline(recipe, ctx, backbone)
+    replay_growth(pipe, sc, 0)
+    task_kw = "task" in inspect.signature(select_parameters).parameters
+    for i, stage in enumerate(recipe.stages):
+        key = f"stages[{i}]"
+        kw = {"task": 0} if task_kw else {}
+        params = select_parameters(pipe, stage, file=recipe.file, key=key, **kw)
+        if not params:
+            raise ClapkitError(f"{recipe.file}: {key}.train: stage '{stage.name}' selects no "
+                               "trainable parameter")
+        param_groups(params, stage, file=recipe.file, key=key)
+        report.stages[stage.name] = len(params)
+        if stage.epochs == 0:
+            report.notes.append(f"stage '{stage.name}': epochs = 0, skipped (its parameters "
+                                "are not trained)")
+    if all(s.epochs == 0 for s in recipe.stages):
+        report.notes.append("no stage trains (no stages, or all with epochs = 0): a run "
+                            "evaluates the pipeline as built, as `clapkit eval RECIPE` does")
+    return report

@@ -1,0 +1,105 @@
+"""``clapkit recipe check`` builds what a run builds: every shipped recipe, and the failures a
+run would otherwise only meet after loading data and weights."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from clapkit.cli import main
+from clapkit.errors import ClapkitError
+from clapkit.plugins import get_plugin_host
+from clapkit.recipe_check import check_recipe, no_network
+
+RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.toml"))
+DEMO = Path(__file__).resolve().parents[1] / "recipes" / "demo_caer_staged.toml"
+ZERO_SHOT = Path(__file__).resolve().parents[1] / "recipes" / "zero_shot.toml"
+
+
+@pytest.fixture(scope="module")
+def host():
+    return get_plugin_host()
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    return tmp_path_factory.mktemp("check-work")
+
+
+def _cache(work):
+    return [f'cache.dir="{work / "cache"}"']
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[r.stem for r in RECIPES])
+def test_every_shipped_recipe_builds_on_tiny_stand_ins(recipe, host, work):
+    """Every recipe in recipes/ (new ones included, by globbing the folder): validated, then
+    its pipeline built with the tiny backbone and generated data of its dataset's layout,
+    and every stage's globs select parameters."""
+    report = check_recipe(recipe, host, _cache(work), work_dir=work, stand_ins=True)
+    assert len(report.stages) == len(report.recipe.stages)
+    assert all(n > 0 for n in report.stages.values())
+    assert any("data" in n for n in report.notes) and any("backbone" in n for n in report.notes)
+
+
+def _demo_check(host, work, *overrides):
+    return check_recipe(DEMO, host, [*_cache(work), *overrides], work_dir=work, stand_ins=True)
+
+
+def test_stage_that_selects_no_parameter_fails_the_check(host, work):
+    # handcrafted prompts have no parameters: a run would crash at its first optimizer
+    with pytest.raises(ClapkitError, match=r"stages\[0\]\.train.*'prompts\.desc\.\*' selects no "
+                                           r"parameter"):
+        _demo_check(host, work, 'stages.0.train=["prompts.desc.*"]')
+
+
+def test_duplicate_stage_names_fail_the_check(host, work):
+    with pytest.raises(ClapkitError, match="two stages are named 'all'"):
+        _demo_check(host, work, "stages.0.name=all")
+
+
+def test_unknown_head_view_fails_the_check(host, work):
+    with pytest.raises(ClapkitError, match="head.view: no prompt named 'nope'"):
+        _demo_check(host, work, "head.view=nope")
+
+
+def test_momentum_with_adamw_fails_the_check(host, work):
+    with pytest.raises(ClapkitError, match="momentum applies to optimizer = \"sgd\" only"):
+        _demo_check(host, work, "stages.prompts.momentum=0.5")
+
+
+def test_task_sizes_are_checked_against_the_real_data(host, work):
+    """With the data on disk (the demo generates its own), task_to_cls_num must sum to the
+    dataset's classes; on stand-in data it is reported as not checked."""
+    with pytest.raises(ClapkitError, match="task_to_cls_num.*sum to the dataset's 7 classes"):
+        check_recipe(DEMO, host, [*_cache(work), "scenario.task_to_cls_num=[3, 3]"],
+                     work_dir=work)
+    report = _demo_check(host, work, "scenario.task_to_cls_num=[3, 3]")
+    assert any("task_to_cls_num: not checked" in n for n in report.notes)
+
+
+def test_epochs_zero_is_reported_as_skipped_and_evaluation_only(host, work):
+    report = _demo_check(host, work, "stages.prompts.epochs=0")
+    assert any("stage 'prompts': epochs = 0, skipped" in n for n in report.notes)
+    assert not any("no stage trains" in n for n in report.notes)
+    report = check_recipe(ZERO_SHOT, host, _cache(work), work_dir=work, stand_ins=True)
+    assert any("evaluates the pipeline as built" in n for n in report.notes)
+
+
+def test_no_network_refuses_at_once():
+    t0 = time.time()
+    with no_network(), pytest.raises(OSError, match="network disabled"):
+        socket.create_connection(("huggingface.co", 443), timeout=30)
+    assert time.time() - t0 < 1.0
+    socket.getaddrinfo("localhost", 80)          # restored afterwards
+
+
+def test_check_cli_swapped_head_and_notes(work, capsys):
+    """The bar's first step: swapping the head by --set passes the (building) check."""
+    with pytest.raises(SystemExit) as code:
+        main(["recipe", "check", str(DEMO), "--set", "head.plugin=cosine", *sum(
+            (["--set", o] for o in _cache(work)), [])])
+    out = capsys.readouterr().out
+    assert code.value.code == 0 and "ok" in out and "trainable" in out
