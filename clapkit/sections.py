@@ -160,10 +160,10 @@ class StageConfig:
         r"all|first|later|from:\d+|only:\d+", ["all", "first", "later", "from:K", "only:K"]))
     # data: the new task's items plus the replay memory, the memory alone, or the task alone
     data: Literal["task+memory", "memory", "task"] = "task+memory"
-    # sampler: None follows data.weighted_sampler; "shuffle" a fresh permutation per epoch,
-    # "weighted" draws with replacement by inverse class frequency, "class_balanced" draws
-    # the same number of items (the smallest class count) from every class each epoch
-    sampler: Literal["shuffle", "class_balanced", "weighted"] | None = None
+    # sampler: "auto" follows data.weighted_sampler; "shuffle" a fresh permutation per
+    # epoch, "weighted" draws with replacement by inverse class frequency, "class_balanced"
+    # draws the same number of items (the smallest class count) from every class each epoch
+    sampler: Literal["auto", "shuffle", "class_balanced", "weighted"] = "auto"
     # after_memory: run after the replay-memory update of the task (CLAP4CLIP's
     # class-balanced finetuning), instead of before it
     after_memory: bool = False

@@ -112,8 +112,8 @@ class RunData:
             persistent_workers=False)
 
     def sampler_kind(self, stage_sampler: str | None) -> str:
-        """A stage's sampler; unset follows ``data.weighted_sampler``."""
-        if stage_sampler is not None:
+        """A stage's sampler; "auto" (or none) follows ``data.weighted_sampler``."""
+        if stage_sampler not in (None, "auto"):
             return stage_sampler
         return "weighted" if self.keys.weighted_sampler else "shuffle"
 
