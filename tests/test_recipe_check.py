@@ -103,3 +103,16 @@ def test_check_cli_swapped_head_and_notes(work, capsys):
             (["--set", o] for o in _cache(work)), [])])
     out = capsys.readouterr().out
     assert code.value.code == 0 and "ok" in out and "trainable" in out
+
+
+def test_offline_uncached_tag_is_one_clear_error(monkeypatch):
+    """No retries with backoff: one failed attempt, one error naming the tag and the key."""
+    from clapkit_plugins.backbones import open_clip as oc
+    monkeypatch.setattr(oc, "_tag_weights_cached", lambda cfg, tag: False)
+    t0 = time.time()
+    with no_network(), pytest.raises(ClapkitError) as err:
+        oc.OpenClipBackbone(oc.OpenClipConfig(model="ViT-B-16", pretrained="openai"))
+    assert time.time() - t0 < 5
+    msg = str(err.value)
+    assert "backbone.pretrained = 'openai'" in msg and "ViT-B-16" in msg
+    assert "--set backbone.pretrained=/path/to/" in msg and len(msg.splitlines()) == 1
