@@ -14,7 +14,6 @@ from typing import Any, Literal, Union, get_args, get_origin
 import attrs
 import pytest
 import tomli_w
-from conftest import MINIMAL_RECIPE
 
 from clapkit import validators as v
 from clapkit.cli import main
@@ -23,6 +22,20 @@ from clapkit.recipe import PLAIN_SECTIONS, load_recipe
 from clapkit.sections import AdapterKeys, DataKeys, HeadKeys, LossKeys, StageConfig
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def _minimal_recipe() -> str:
+    """tests/conftest.py's MINIMAL_RECIPE (imported by path: ``conftest`` is ambiguous when
+    the whole suite runs, tests/data has one too)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("_tests_root_conftest",
+                                                  Path(__file__).with_name("conftest.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.MINIMAL_RECIPE
+
+
+MINIMAL_RECIPE = _minimal_recipe()
 
 #: where each core-key class sits in MINIMAL_RECIPE
 LOCATIONS: list[tuple[tuple[Any, ...], type]] = [
