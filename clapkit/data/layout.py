@@ -1,14 +1,17 @@
 """Finding a dataset on disk and reading its list files, with errors that say where.
 
 * :func:`dataset_root` resolves a recipe's ``root`` (relative to the working directory) and,
-  when it is missing, says where the dataset is obtained and that ``clapkit data make-demo``
-  is the no-download alternative.
+  when it is missing, shows the expected folder layout, the key to set, where the dataset is
+  obtained and, only for layouts a registered demo generator writes, the ``clapkit data
+  make-demo --kind K`` command and the folder it writes.
 * :func:`read_list` parses ``<path> [<num_frames>] <label>`` annotation lines; a malformed line
   is an error naming the file and the line number.
 """
 
 from __future__ import annotations
 
+import inspect
+import textwrap
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -16,25 +19,81 @@ import attrs
 
 from ..errors import ClapkitError
 
-DEMO_HINT = ("for a run without downloads use the generated demo data: `clapkit data "
-             "make-demo` (or `generate_demo = true` in the dataset section, as the demo "
-             "recipe does)")
-
-
 def resolve_path(path: str | Path) -> Path:
     """``~`` expanded; relative paths against the current working directory."""
     p = Path(path).expanduser()
     return p if p.is_absolute() else Path.cwd() / p
 
 
-def dataset_root(root: str | Path, dataset: str, obtain: str) -> Path:
-    """The existing root folder of ``dataset`` or one clear error."""
+def _norm(name: str) -> str:
+    return "".join(c for c in name.lower() if c.isalnum())
+
+
+def layout_from_doc(doc: str | None) -> str | None:
+    """The literal block after ``Layout ...::`` in a dataset plugin's module docstring."""
+    if not doc:
+        return None
+    lines = doc.splitlines()
+    start = next((i for i, ln in enumerate(lines)
+                  if ln.lstrip().startswith("Layout") and ln.rstrip().endswith("::")), None)
+    if start is None:
+        return None
+    block: list[str] = []
+    for ln in lines[start + 1:]:
+        if ln.strip() and not ln.startswith((" ", "\t")):
+            break
+        block.append(ln)
+    text = "\n".join(block).strip("\n")
+    return textwrap.dedent(text) or None
+
+
+def demo_hint(dataset: str) -> str | None:
+    """The ``make-demo`` command that generates data of ``dataset``'s layout, and the folder it
+    writes, when a registered demo generator reads as that dataset; else None."""
+    try:
+        from ..cli import host
+        entries = list(host().registries["demo"])
+    except Exception:  # noqa: BLE001 - a hint must never hide the real error
+        return None
+    kinds = [e.name for e in entries if _norm(str(e.meta.get("dataset", ""))) == _norm(dataset)]
+    if not kinds:
+        return None
+    folder = Path(".clapkit_demo") / kinds[0]
+    return (f"to try the pipeline without it, `clapkit data make-demo --kind {kinds[0]}` "
+            f"writes a generated {dataset}-layout set to {folder}/ (then --set "
+            f"data.root={folder})")
+
+
+def dataset_root(root: str | Path, dataset: str, obtain: str, layout: str | None = None
+                 ) -> Path:
+    """The existing root folder of ``dataset`` or one clear error: what is missing, the
+    folder layout expected under ``data.root`` (``layout``, else the ``Layout::`` block of the
+    calling plugin's docstring), the key to set, where the data comes from, and the
+    ``make-demo`` kind that generates that layout (only when one exists)."""
     p = resolve_path(root)
-    if not p.is_dir():
-        what = "is not a folder" if p.exists() else "does not exist"
-        raise ClapkitError(f"{dataset}: dataset root '{p}' {what}. {dataset} is obtained from "
-                           f"{obtain}; {DEMO_HINT}")
-    return p
+    if p.is_dir():
+        return p
+    if layout is None:
+        caller = inspect.currentframe()
+        mod = inspect.getmodule(caller.f_back) if caller and caller.f_back else None
+        layout = layout_from_doc(getattr(mod, "__doc__", None))
+    what = "is not a folder" if p.exists() else "does not exist"
+    msg = f"{dataset}: dataset root '{p}' {what}."
+    if layout:
+        msg += ("\nExpected layout under data.root:\n"
+                + textwrap.indent(layout, "    ") + "\n")
+    else:
+        msg += " "
+    msg += (f"Point the recipe at it with --set data.root=/path/to/{dataset} (or root = ... "
+            f"in [data]). {dataset} is obtained from {obtain}")
+    hint = demo_hint(dataset)
+    if hint:
+        msg += f"; {hint}"
+    return _raise(msg)
+
+
+def _raise(msg: str) -> Path:
+    raise ClapkitError(msg)
 
 
 def find_file(root: Path, name: str | Path, also: Iterable[Path] = ()) -> Path | None:
