@@ -149,6 +149,11 @@ def ranges_of(validator: Any) -> list[Range]:
         return []
     if isinstance(validator, Range):
         return [validator]
+    op, bound = getattr(validator, "compare_op", None), getattr(validator, "bound", None)
+    if op in (">=", ">", "<=", "<") and isinstance(bound, (int, float)):   # attrs.validators.ge...
+        if op in (">=", ">"):
+            return [Range(lo=bound, lo_open=op == ">")]
+        return [Range(hi=bound, hi_open=op == "<")]
     inner = getattr(validator, "inner", None)
     if inner is not None:
         return ranges_of(inner)
