@@ -132,14 +132,20 @@ def _clip(rng: random.Random, cls: str) -> tuple[list[np.ndarray], list[int]]:
 
 
 def make_caer_demo(out: Path, seed: int = 0, train_per_class: tuple[int, int] = (20, 40),
-                   valid_per_class: tuple[int, int] = (8, 10)) -> Path:
-    """Write the CAER-layout demo set into ``out`` (which must not hold another set)."""
+                   valid_per_class: tuple[int, int] = (8, 10),
+                   test_per_class: tuple[int, int] | None = (8, 10)) -> Path:
+    """Write the CAER-layout demo set into ``out`` (which must not hold another set); no
+    test split when ``test_per_class`` is None. The test clips are drawn after train and
+    valid, so those are the same with or without it."""
     rng = random.Random(f"caer-demo-{seed}")
     ann = out / "caer_video_annotations"
     ann.mkdir(parents=True, exist_ok=True)
     boxes: dict[str, list[int]] = {}
+    sizes = {"train": train_per_class, "valid": valid_per_class, "test": test_per_class}
     for split, folder in CAER_SPLITS.items():
-        lo, hi = train_per_class if split == "train" else valid_per_class
+        if sizes[split] is None:
+            continue
+        lo, hi = sizes[split]  # type: ignore[misc]
         lines = []
         for label, cls in enumerate(CAER_CLASSES):
             (out / folder / cls).mkdir(parents=True, exist_ok=True)
@@ -161,8 +167,9 @@ def make_caer_demo(out: Path, seed: int = 0, train_per_class: tuple[int, int] = 
 
 def _make(out: Path, seed: int, tiny: bool) -> None:
     """The registered generator: full size, or one or two clips per class when ``tiny``."""
-    sizes = dict(train_per_class=(1, 2), valid_per_class=(1, 1)) if tiny else {}
-    make_caer_demo(out, seed, **sizes)
+    sizes = dict(train_per_class=(1, 2), valid_per_class=(1, 1), test_per_class=None) \
+        if tiny else {}
+    make_caer_demo(out, seed, **sizes)  # type: ignore[arg-type]
 
 
 #: bump when the generated data changes, so existing demo folders are regenerated

@@ -31,7 +31,7 @@ def test_caer_demo_is_read_by_the_caer_plugin(make, caer_demo):
     assert json.loads((root / MARKER).read_text()) == {
         "kind": "caer", "version": CAER_DEMO.version, "seed": 0, "tiny": False}
     src = make("caer", root=str(root), num_frames=4)
-    assert src.splits() == ["train", "valid"]
+    assert src.splits() == ["train", "valid", "test"]
     train, valid = src.class_counts("train"), src.class_counts("valid")
     assert all(20 <= n <= 40 for n in train) and len(set(train)) > 2     # imbalanced
     assert all(8 <= n <= 10 for n in valid)
