@@ -1,0 +1,40 @@
+"""Prompt features derived from the text tower never go stale: ``refresh`` re-encodes them,
+and the engine knows when a stage trains the text tower."""
+
+from __future__ import annotations
+
+import copy
+
+import attrs
+import torch
+
+from clapkit.engine.stage_runner import text_tower_trains
+from clapkit_plugins.prompts.handcrafted import encode_sentences
+
+
+def test_handcrafted_refresh_follows_the_text_tower(make, ctx, tiny_clip):
+    bb = copy.deepcopy(tiny_clip)
+    c = attrs.evolve(ctx, backbone=bb)
+    p = make("prompt", "handcrafted", c, templates=["a photo of {}.", "a {} face."])
+    before = p().text.clone()
+    with torch.no_grad():
+        bb.model.token_embedding.weight.add_(torch.randn_like(bb.model.token_embedding.weight))
+    assert torch.equal(p().text, before)                      # computed once at build
+    p.refresh()
+    after = p().text
+    assert not torch.allclose(after, before)
+    torch.testing.assert_close(after, encode_sentences(bb, p.sentences))
+    assert "features" in p.state_dict()                       # still a checkpointed buffer
+
+
+def test_text_tower_probe_tells_text_from_vision_parameters(tiny_clip):
+    bb = copy.deepcopy(tiny_clip)
+    named = {f"backbone.{n}": q for n, q in bb.named_parameters()}
+    vision = {n: q for n, q in named.items() if ".visual." in n}
+    text = {n: q for n, q in named.items() if "token_embedding" in n}
+    for q in named.values():
+        q.requires_grad_(True)
+    assert vision and text
+    assert not text_tower_trains(bb, vision)
+    assert text_tower_trains(bb, text)
+    assert not text_tower_trains(bb, {})
