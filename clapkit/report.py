@@ -23,13 +23,13 @@ def format_confusion(confusion: Sequence[Sequence[Any]], names: Sequence[str],
     cell_w = max([len(str(i)) for i in range(n)]
                  + [len(str(int(v))) for row in confusion for v in row] + [1])
     head = indent + "true \\ pred".ljust(label_w) + " " + " ".join(
-        str(j).rjust(cell_w) for j in range(n)) + "  recall"
+        str(j).rjust(cell_w) for j in range(n)) + " " + "recall".rjust(7)
     lines = [head]
     for i, row in enumerate(confusion):
         total = sum(int(v) for v in row)
-        rec = f"{100.0 * int(row[i]) / total:6.1f}%" if total else "     -"
+        rec = f"{100.0 * int(row[i]) / total:.1f}%" if total else "-"
         lines.append(indent + f"{i} {names[i]}".ljust(label_w) + " "
-                     + " ".join(str(int(v)).rjust(cell_w) for v in row) + "  " + rec)
+                     + " ".join(str(int(v)).rjust(cell_w) for v in row) + " " + rec.rjust(7))
     return lines
 
 

@@ -92,11 +92,12 @@ def test_console_lines_and_final_uar(registries, tmp_path, capsys):
             "lr prompt 1.00e-03") in out
     assert any(line.startswith("[task 0 | stage all | epoch 1/1] loss 1.234 (ce 1.1, mi 0.1, "
                                "dc 0.05)") for line in out)
-    # confusion table: header + one row per class, all aligned to the same width
-    i = out.index(next(line for line in out if line.startswith("true\\pred")))
+    # confusion table: header + one row per class (full names), all aligned
+    i = out.index(next(line for line in out if line.startswith("true \\ pred")))
     table = out[i:i + 4]
-    assert table[0].split() == ["true\\pred", "anger", "happin", "neutra"]
-    assert table[3].split() == ["neutra", "0", "3", "100"]
+    assert table[0].split() == ["true", "\\", "pred", "0", "1", "2", "recall"]
+    assert table[2].split() == ["1", "happiness", "2", "12", "1", "80.0%"]
+    assert table[3].split() == ["2", "neutral", "0", "3", "100", "97.1%"]
     assert len({len(row) for row in table}) == 1
     assert any("task 1 done" in line and "0:75.0 1:50.0" in line for line in out)
     assert any("avg incremental acc 71.0" in line and "BWT -4.0" in line for line in out)
@@ -104,6 +105,58 @@ def test_console_lines_and_final_uar(registries, tmp_path, capsys):
     last = [line for line in out if re.search("uar", line, re.I)][-1]
     m = re.search(r"uar\D{0,12}?(\d+(?:\.\d+)?)", last, re.I)
     assert m and float(m.group(1)) == pytest.approx(55.1)
+
+
+def _confusions(out):
+    return [i for i, line in enumerate(out) if line.startswith("valid confusion matrix")]
+
+
+def test_console_confusion_at_new_best_and_at_the_end_only(registries, tmp_path, capsys):
+    """epoch_metrics keep valid UAR at 0.487: a new best in the first epoch of each task
+    only; the task end (with a confusion in its metrics) prints it once more."""
+    run = make_run(tmp_path)
+    listener = build(registries, "console")
+    host = PluginHost()
+    host.register_listener(listener)
+    h = host.hook
+    h.clapkit_run_start(run=run)
+    for e in range(3):
+        m = epoch_metrics(e)
+        m["valid/uar"] = [0.4, 0.5, 0.45][e]
+        h.clapkit_epoch_end(run=run, task=0, stage="prompt", epoch=e, metrics=m)
+    h.clapkit_task_end(run=run, task=0, metrics={"acc_seen": 0.5, "acc_task/0": 0.5,
+                                                  "valid/confusion": [[1, 0, 0]] * 3})
+    out = capsys.readouterr().out.splitlines()
+    idx = _confusions(out)
+    assert [out[i] for i in idx] == [
+        "valid confusion matrix (new best valid UAR; rows = true, columns = predicted):"] * 2 \
+        + ["valid confusion matrix (end of task 0; rows = true, columns = predicted):"]
+    assert "epoch 2/2" in out[idx[1] - 1]           # the second best was epoch 2, not 3
+    every = build(registries, "console", confusion_every_epoch=True)
+    drive(every, make_run(tmp_path))
+    assert len(_confusions(capsys.readouterr().out.splitlines())) == 5
+
+
+def test_console_single_task_run_has_no_task_wording(registries, tmp_path, capsys):
+    run = make_run(tmp_path)
+    run.num_tasks = 1
+    host = PluginHost()
+    host.register_listener(build(registries, "console"))
+    h = host.hook
+    h.clapkit_run_start(run=run)
+    h.clapkit_task_start(run=run, task=0, classes=[0, 1, 2])
+    h.clapkit_stage_start(run=run, task=0, stage="prompt", trainable=["prompt.ctx"])
+    h.clapkit_epoch_end(run=run, task=0, stage="prompt", epoch=0, metrics=epoch_metrics(0))
+    h.clapkit_stage_end(run=run, task=0, stage="prompt")
+    h.clapkit_task_end(run=run, task=0, metrics={
+        "acc_seen": 0.5, "acc_task/0": 0.5, "valid/war": 0.5, "valid/uar": 0.45,
+        "test/war": 0.4, "test/uar": 0.35, "valid/confusion": [[1, 0, 0]] * 3})
+    h.clapkit_run_end(run=run, summary={"final/valid_uar": 0.45, "final/valid_war": 0.5})
+    out = capsys.readouterr().out
+    assert not re.search(r"\btasks?\b", out), out
+    assert "[stage prompt | epoch 1/2]" in out and "--- stage prompt done ---" in out
+    assert "=== end of training: valid WAR 50.0 UAR 45.0 | test WAR 40.0 UAR 35.0 ===" in out
+    assert "happiness" in out and "accuracy matrix" not in out
 
 
 def test_console_options_and_other_ranks(registries, tmp_path, capsys):

@@ -3,6 +3,11 @@
 Lines go through ``tqdm.write`` so they land above active progress bars instead of tearing
 them. Only rank 0 prints. Accuracies arrive as fractions and are shown as percentages.
 
+The validation confusion matrix is printed when an epoch sets a new best valid UAR (the model
+``best.pt`` holds) and once at the end of each task (``confusion_every_epoch`` prints it after
+every evaluated epoch); class names are printed in full (:mod:`clapkit.report`). A run with
+one task (plain training) speaks of stages and the end of training, not of tasks.
+
 The last line mentioning "UAR" that a run prints is ``final valid UAR <x> | WAR <y>``: scripts
 that grep the final score rely on the first number after "UAR" on that line.
 
@@ -25,16 +30,20 @@ from clapkit import hookimpl
 from clapkit.interfaces import BuildContext
 from clapkit.ood import OOD_METRICS, parse_ood_metrics
 from clapkit.plotting import short_names
+from clapkit.report import format_confusion as format_confusion_full
 
 
 @attrs.frozen
 class ConsoleConfig:
-    """``confusion``: print the valid confusion matrix after each epoch; ``name_width``:
-    characters kept of each class name in that table; ``checkpoints``: announce each saved
-    checkpoint."""
+    """``confusion``: print the valid confusion matrix at each new best epoch and at the end
+    of each task; ``confusion_every_epoch``: after every evaluated epoch instead;
+    ``name_width``: cut class names to this many characters (default: never cut);
+    ``checkpoints``: announce each saved checkpoint."""
 
     confusion: bool = True
-    name_width: int = attrs.field(default=6, validator=attrs.validators.ge(1))
+    confusion_every_epoch: bool = False
+    name_width: int | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.ge(1)))
     checkpoints: bool = False
 
 
@@ -54,13 +63,14 @@ def _num(value: Any, fmt: str) -> str:
 
 
 def format_epoch_line(task: int, stage: str, epoch: int, total_epochs: int | None,
-                      metrics: dict[str, Any]) -> str:
-    """``[task 0 | stage prompt | epoch 2/5] loss 1.234 (ce 1.1, mi 0.1) | train WAR ...``.
+                      metrics: dict[str, Any], show_task: bool = True) -> str:
+    """``[task 0 | stage prompt | epoch 2/5] loss 1.234 (ce 1.1, mi 0.1) | train WAR ...``
+    (without ``task 0 |`` when ``show_task`` is false: a single-task run).
 
     ``epoch`` is 0-based; shown 1-based.
     """
     ep = f"{epoch + 1}/{total_epochs}" if total_epochs else f"{epoch + 1}"
-    header = f"[task {task} | stage {stage} | epoch {ep}]"
+    header = (f"[task {task} | " if show_task else "[") + f"stage {stage} | epoch {ep}]"
     parts: list[str] = []
     terms = [(k.split("/", 1)[1], v) for k, v in metrics.items()
              if k.startswith("loss/") and k != "loss/total"]
@@ -80,10 +90,13 @@ def format_epoch_line(task: int, stage: str, epoch: int, total_epochs: int | Non
 
 
 def format_confusion(confusion: list[list[int]], class_names: list[str] | None,
-                     name_width: int = 6) -> str:
-    """Aligned text table, rows = true class, columns = predicted class."""
+                     name_width: int | None = None) -> str:
+    """Aligned text table, rows = true class, columns = predicted class. Full class names
+    (numbered columns, recall per row) unless ``name_width`` asks for the old short form."""
     c = len(confusion)
     names = class_names if class_names and len(class_names) == c else [str(i) for i in range(c)]
+    if name_width is None:
+        return "\n".join(format_confusion_full(confusion, names, indent=""))
     short = short_names(names, name_width)
     corner = "true\\pred"
     cell = max([len(s) for s in short] + [len(str(int(v))) for row in confusion for v in row])
@@ -130,6 +143,7 @@ class ConsoleLogger:
 
     def __init__(self, cfg: ConsoleConfig) -> None:
         self.cfg = cfg
+        self.best_uar: dict[int, float] = {}     # per task: the best valid UAR printed so far
         # accuracy matrix rows seen in task-end metrics (incremental runs)
         self.acc_rows: dict[int, list[float]] = {}
         self.acc_seen: dict[int, float] = {}
@@ -150,6 +164,10 @@ class ConsoleLogger:
                 return int(s.epochs)
         return None
 
+    @staticmethod
+    def _incremental(run: Any) -> bool:
+        return int(getattr(run, "num_tasks", 1) or 1) > 1
+
     @hookimpl
     def clapkit_run_start(self, run: Any) -> None:
         if not self._active(run):
@@ -157,12 +175,13 @@ class ConsoleLogger:
         recipe = getattr(run, "recipe", None)
         name = getattr(getattr(recipe, "run", None), "name", "run")
         n_cls = len(getattr(run, "class_names", []) or [])
-        self._write(f"=== run {name}: {n_cls} classes, {getattr(run, 'num_tasks', 1)} task(s), "
+        tasks = (f", {getattr(run, 'num_tasks', 1)} tasks" if self._incremental(run) else "")
+        self._write(f"=== run {name}: {n_cls} classes{tasks}, "
                     f"output {getattr(run, 'out_dir', '?')} ===")
 
     @hookimpl
     def clapkit_task_start(self, run: Any, task: int, classes: list[int]) -> None:
-        if not self._active(run):
+        if not self._active(run) or not self._incremental(run):
             return
         names = getattr(run, "class_names", []) or []
         shown = [names[c] if 0 <= c < len(names) else str(c) for c in classes[:8]]
@@ -177,7 +196,8 @@ class ConsoleLogger:
         epochs = self._stage_epochs(run, stage)
         head = ", ".join(trainable[:4]) + (f", ... (+{len(trainable) - 4})"
                                            if len(trainable) > 4 else "")
-        self._write(f"--- task {task} | stage {stage}"
+        where = f"task {task} | " if self._incremental(run) else ""
+        self._write(f"--- {where}stage {stage}"
                     + (f" | {epochs} epoch(s)" if epochs is not None else "")
                     + f" | {len(trainable)} trainable tensor(s): {head or 'none'} ---")
 
@@ -187,16 +207,29 @@ class ConsoleLogger:
         if not self._active(run):
             return
         self._write(format_epoch_line(task, stage, epoch, self._stage_epochs(run, stage),
-                                      metrics))
+                                      metrics, show_task=self._incremental(run)))
         conf = metrics.get("valid/confusion")
-        if self.cfg.confusion and conf:
-            self._write(format_confusion(conf, getattr(run, "class_names", None),
+        uar = metrics.get("valid/uar")
+        new_best = (isinstance(uar, (int, float)) and not math.isnan(float(uar))
+                    and float(uar) > self.best_uar.get(task, -math.inf))
+        if new_best:
+            self.best_uar[task] = float(uar)  # type: ignore[arg-type]
+        if self.cfg.confusion and conf and (new_best or self.cfg.confusion_every_epoch):
+            why = "new best valid UAR" if new_best else "this epoch"
+            self._write(f"valid confusion matrix ({why}; rows = true, columns = predicted):")
+            self._write(format_confusion(conf, self._names(run, len(conf)),
                                          self.cfg.name_width))
+
+    @staticmethod
+    def _names(run: Any, n: int) -> list[str] | None:
+        names = list(getattr(run, "class_names", None) or [])
+        return names[:n] if len(names) >= n else None
 
     @hookimpl
     def clapkit_stage_end(self, run: Any, task: int, stage: str) -> None:
         if self._active(run):
-            self._write(f"--- task {task} | stage {stage} done ---")
+            where = f"task {task} | " if self._incremental(run) else ""
+            self._write(f"--- {where}stage {stage} done ---")
 
     @hookimpl
     def clapkit_task_end(self, run: Any, task: int, metrics: dict[str, Any]) -> None:
@@ -204,11 +237,25 @@ class ConsoleLogger:
             return
         per_task = sorted(((int(k.split("/", 1)[1]), v) for k, v in metrics.items()
                            if k.startswith("acc_task/")))
-        line = f"=== task {task} done: accuracy on seen classes {_pct(metrics.get('acc_seen'))}"
-        if per_task:
-            line += " | per task " + " ".join(f"{j}:{_pct(v)}" for j, v in per_task)
+        if self._incremental(run):
+            line = (f"=== task {task} done: accuracy on seen classes "
+                    f"{_pct(metrics.get('acc_seen'))}")
+            if per_task:
+                line += " | per task " + " ".join(f"{j}:{_pct(v)}" for j, v in per_task)
+        else:
+            line = (f"=== end of training: valid WAR {_pct(metrics.get('valid/war'))} "
+                    f"UAR {_pct(metrics.get('valid/uar'))}")
+        if "test/uar" in metrics:
+            line += (f" | test WAR {_pct(metrics.get('test/war'))} "
+                     f"UAR {_pct(metrics.get('test/uar'))}")
         self._write(line + " ===")
-        if getattr(run, "num_tasks", 1) > 1 and per_task:
+        conf = metrics.get("valid/confusion")
+        if self.cfg.confusion and conf:
+            when = f"end of task {task}" if self._incremental(run) else "end of training"
+            self._write(f"valid confusion matrix ({when}; rows = true, columns = predicted):")
+            self._write(format_confusion(conf, self._names(run, len(conf)),
+                                         self.cfg.name_width))
+        if self._incremental(run) and per_task:
             self._incremental_report(task, metrics, per_task)
 
     def _incremental_report(self, task: int, metrics: dict[str, Any],
