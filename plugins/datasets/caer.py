@@ -18,8 +18,9 @@ from pathlib import Path
 import attrs
 
 from clapkit import hookimpl
-from clapkit.data.layout import clip_path, dataset_root, optional_file, read_list, split_files
-from clapkit.data.sources import ClipConfig, ClipItem, ClipSource, check_split
+from clapkit.data.layout import dataset_root
+from clapkit.data.list_source import ListClipSource
+from clapkit.data.sources import ClipConfig
 from clapkit.interfaces import BuildContext
 
 from .demo_caer import CAER_DEMO
@@ -50,40 +51,18 @@ class CaerConfig(ClipConfig):
     generate_demo: bool = False
 
 
-class CaerSource(ClipSource):
+class CaerSource(ListClipSource):
     """CAER clips listed in annotation files; one face box per clip."""
 
-    name = "caer"
-
-    def __init__(self, cfg: CaerConfig, root: Path, lists: dict[str, Path],
-                 face: Path | None, body: Path | None) -> None:
-        super().__init__(CLASSES, cfg.crop_options(), face, body,
-                         face_file_given=cfg.face_boxes is not None)
-        self.root, self.lists, self.label_base = root, lists, cfg.label_base
-
-    def splits(self) -> list[str]:
-        return list(self.lists)
-
-    def scan(self, split: str) -> list[ClipItem]:
-        check_split(self, split)
-        entries = read_list(self.lists[split], with_frames=True, label_base=self.label_base,
-                            num_classes=len(self.classes))
-        return [ClipItem(id=Path(e.path).with_suffix("").as_posix(), label=e.label,
-                         path=clip_path(self.root, e.path), num_frames=e.num_frames,
-                         box_key=e.path) for e in entries]
-
-    def describe(self) -> dict:
-        return {**super().describe(), "label_base": self.label_base}
+    name, dataset = "caer", "CAER"
+    CLASSES = CLASSES
 
 
 def build(cfg: CaerConfig, ctx: BuildContext) -> CaerSource:
     """CAER video clips (face + context streams) in the CLIP-CAER annotation-list layout."""
     if cfg.generate_demo:
         CAER_DEMO.ensure(cfg.root)
-    root = dataset_root(cfg.root, "CAER", OBTAIN)
-    lists = split_files(root, "CAER", cfg.annotations)
-    return CaerSource(cfg, root, lists, optional_file(root, cfg.face_boxes),
-                      optional_file(root, cfg.body_boxes))
+    return CaerSource.from_config(cfg, dataset_root(cfg.root, "CAER", OBTAIN))
 
 
 def test_options(ctx: BuildContext) -> dict:

@@ -19,8 +19,9 @@ from pathlib import Path
 import attrs
 
 from clapkit import hookimpl
-from clapkit.data.layout import clip_path, dataset_root, optional_file, read_list, split_files
-from clapkit.data.sources import ClipConfig, ClipItem, ClipSource, check_split
+from clapkit.data.layout import dataset_root
+from clapkit.data.list_source import ListClipSource
+from clapkit.data.sources import ClipConfig
 from clapkit.interfaces import BuildContext
 
 from .demo_layouts import as_caer_s
@@ -50,34 +51,21 @@ class CaerSConfig(ClipConfig):
     two_stream: bool = True
 
 
-class CaerSSource(ClipSource):
+class CaerSSource(ListClipSource):
     """CAER-S images: one-frame clips with a face box each."""
 
-    name = "caer_s"
+    name, dataset = "caer_s", "CAER-S"
+    CLASSES = CLASSES
+    with_frames = False
 
-    def __init__(self, cfg: CaerSConfig, root: Path, lists: dict[str, Path]) -> None:
-        super().__init__(CLASSES, cfg.crop_options(), optional_file(root, cfg.face_boxes),
-                         optional_file(root, cfg.body_boxes),
-                         face_file_given=cfg.face_boxes is not None)
-        self.root, self.lists, self.label_base = root, lists, cfg.label_base
+    def __init__(self, cfg: CaerSConfig, *args) -> None:
+        super().__init__(cfg, *args)
         self.streams = ("face", "context") if cfg.two_stream else ("image",)
-
-    def splits(self) -> list[str]:
-        return list(self.lists)
-
-    def scan(self, split: str) -> list[ClipItem]:
-        check_split(self, split)
-        entries = read_list(self.lists[split], with_frames=False, label_base=self.label_base,
-                            num_classes=len(self.classes))
-        return [ClipItem(id=Path(e.path).with_suffix("").as_posix(), label=e.label,
-                         path=clip_path(self.root, e.path), num_frames=1, box_key=e.path)
-                for e in entries]
 
 
 def build(cfg: CaerSConfig, ctx: BuildContext) -> CaerSSource:
     """CAER-S still images (face + context, or one face stream) from annotation lists."""
-    root = dataset_root(cfg.root, "CAER-S", OBTAIN)
-    return CaerSSource(cfg, root, split_files(root, "CAER-S", cfg.annotations))
+    return CaerSSource.from_config(cfg, dataset_root(cfg.root, "CAER-S", OBTAIN))
 
 
 def test_options(ctx: BuildContext) -> dict:

@@ -19,8 +19,9 @@ from pathlib import Path
 import attrs
 
 from clapkit import hookimpl
-from clapkit.data.layout import clip_path, dataset_root, optional_file, read_list, split_files
-from clapkit.data.sources import ClipConfig, ClipItem, ClipSource, check_split
+from clapkit.data.layout import dataset_root
+from clapkit.data.list_source import ListClipSource
+from clapkit.data.sources import ClipConfig
 from clapkit.interfaces import BuildContext
 
 from .demo_layouts import as_raer
@@ -48,36 +49,18 @@ class RaerConfig(ClipConfig):
     label_base: int = attrs.field(default=1, validator=attrs.validators.in_((0, 1)))
 
 
-class RaerSource(ClipSource):
+class RaerSource(ListClipSource):
     """RAER frame-folder clips with per-frame face boxes."""
 
-    name = "raer"
+    name, dataset = "raer", "RAER"
+    CLASSES = CLASSES
     box_layout = "frame"
-
-    def __init__(self, cfg: RaerConfig, root: Path, lists: dict[str, Path]) -> None:
-        super().__init__(CLASSES, cfg.crop_options(), optional_file(root, cfg.face_boxes),
-                         optional_file(root, cfg.body_boxes),
-                         face_file_given=cfg.face_boxes is not None)
-        self.root, self.lists, self.label_base = root, lists, cfg.label_base
-
-    def splits(self) -> list[str]:
-        return list(self.lists)
-
-    def scan(self, split: str) -> list[ClipItem]:
-        check_split(self, split)
-        entries = read_list(self.lists[split], with_frames=True, label_base=self.label_base,
-                            num_classes=len(self.classes))
-        return [ClipItem(id=e.path, label=e.label, path=clip_path(self.root, e.path),
-                         num_frames=e.num_frames, box_key=e.path) for e in entries]
-
-    def describe(self) -> dict:
-        return {**super().describe(), "label_base": self.label_base}
+    strip_suffix = False
 
 
 def build(cfg: RaerConfig, ctx: BuildContext) -> RaerSource:
     """RAER academic-emotion frame clips with per-frame face and per-clip body boxes."""
-    root = dataset_root(cfg.root, "RAER", OBTAIN)
-    return RaerSource(cfg, root, split_files(root, "RAER", cfg.annotations))
+    return RaerSource.from_config(cfg, dataset_root(cfg.root, "RAER", OBTAIN))
 
 
 def test_options(ctx: BuildContext) -> dict:
