@@ -321,7 +321,7 @@ def build_pipeline(recipe: Recipe, ctx: BuildContext, backbone: Backbone | None 
                            "use only one")
     adapters: dict[str, nn.Module] = {}
     places: dict[str, str] = {}
-    for name, spec in recipe.adapters.items():
+    for name, spec in adapter_order(recipe.adapters):
         mod, place = _build_adapter(spec, ctx)
         adapters[name], places[name] = mod, place
     fusions = [n for n, p in places.items() if p == "fusion"]
@@ -349,6 +349,12 @@ def build_pipeline(recipe: Recipe, ctx: BuildContext, backbone: Backbone | None 
     for loss in losses.values():
         loss.bind(pipe)
     return pipe
+
+
+def adapter_order(specs: dict[str, ComponentSpec]) -> list[tuple[str, ComponentSpec]]:
+    """The adapters in the order they run within their place: ascending ``order`` key,
+    ties in recipe table order."""
+    return sorted(specs.items(), key=lambda kv: kv[1].keys.order)
 
 
 def _build_adapter(spec: ComponentSpec, ctx: BuildContext) -> tuple[nn.Module, str]:
