@@ -160,6 +160,25 @@ def eval_cmd(target: Path, checkpoint: str | None, split: str, out_dir: Path | N
     click.echo(f"written: {dest}")
 
 
+@cli.command("probe")
+@click.argument("recipe", type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(path_type=Path),
+              help="Folder for probe.json (default: run.out_dir of the recipe).")
+@_set_option
+def probe_cmd(recipe: Path, out_dir: Path | None, overrides: tuple[str, ...]) -> None:
+    """Linear-probe baseline of RECIPE: logistic regression (L-BFGS) on its frozen, cached
+    image features, L2 strength chosen on validation data ([probe] section); prints and
+    writes the test metrics to OUT/probe.json."""
+    from .baselines.probe import run_probe
+    from .evaluation import format_result
+    result, dest = run_probe(recipe, host(), out=out_dir, overrides=overrides)
+    for line in format_result(result):
+        click.echo(line)
+    click.echo(f"  chosen C = {result['C']:.4g} (L2 strength {result['l2_strength']:.4g}, "
+               f"on {result['valid']}); train accuracy {100 * result['train_acc']:.1f}%")
+    click.echo(f"written: {dest}")
+
+
 @cli.command("predict")
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))

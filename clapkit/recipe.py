@@ -35,6 +35,7 @@ import tomli_w
 from .config import field_names, structure, unstructure
 from .errors import RecipeError, UnknownComponentError, suggest
 from .plugins import PluginHost
+from .baselines.config import ProbeConfig
 from .sections import (AdapterKeys, CacheConfig, DataKeys, HeadKeys, LossKeys, MemoryConfig,
                        NoKeys, RunConfig, ScenarioConfig, StageConfig)
 
@@ -52,6 +53,7 @@ COMPONENT_SECTIONS: dict[str, tuple[str, type, bool, bool]] = {
 }
 PLAIN_SECTIONS: dict[str, type] = {
     "run": RunConfig, "scenario": ScenarioConfig, "memory": MemoryConfig, "cache": CacheConfig,
+    "probe": ProbeConfig,   # options of `clapkit probe` (the linear-probe baseline)
 }
 TOP_KEYS = ("extends", "plugins", "stages", *PLAIN_SECTIONS, *COMPONENT_SECTIONS)
 
@@ -109,6 +111,7 @@ class Recipe:
     losses: dict[str, ComponentSpec]
     selector: ComponentSpec | None
     log: dict[str, ComponentSpec]
+    probe: ProbeConfig = attrs.field(factory=ProbeConfig)
 
     def components(self) -> list[ComponentSpec]:
         """Every component spec, in assembly order."""
