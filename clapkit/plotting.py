@@ -48,11 +48,12 @@ def save_figure_atomic(fig: Any, path: str | Path, dpi: int = 100) -> Path:
 
 def plot_confusion(confusion: Sequence[Sequence[int]], class_names: Sequence[str] | None,
                    path: str | Path, title: str = "", normalize: bool = True,
-                   dpi: int = 100, name_width: int = 10) -> Path:
+                   dpi: int = 100, name_width: int | None = None) -> Path:
     """Heatmap of a ``[C,C]`` confusion matrix (rows true, columns predicted).
 
-    ``normalize`` colours by row (recall) so rare classes stay visible; cells show counts
-    while C <= 20, tick labels are drawn while C <= 40.
+    ``normalize`` colours by row (recall) so rare classes stay visible, and the colour bar
+    says which scale it is; cells show counts while C <= 20, tick labels (full class names
+    unless ``name_width`` cuts them) are drawn while C <= 40.
     """
     import numpy as np
 
@@ -64,10 +65,15 @@ def plot_confusion(confusion: Sequence[Sequence[int]], class_names: Sequence[str
     fig = _new_figure(side + 1.0, side)
     ax = fig.add_subplot(1, 1, 1)
     im = ax.imshow(shown, cmap="Blues", vmin=0.0, vmax=1.0 if normalize else None)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    bar.set_label("fraction of the true class (row-normalised recall)" if normalize
+                  else "number of items")
     if c <= 40:
-        labels = short_names(class_names, name_width) if class_names and len(class_names) == c \
-            else [str(i) for i in range(c)]
+        if class_names and len(class_names) == c:
+            labels = (short_names(class_names, name_width) if name_width
+                      else [str(n) for n in class_names])
+        else:
+            labels = [str(i) for i in range(c)]
         ax.set_xticks(range(c), labels=labels, rotation=90, fontsize=8)
         ax.set_yticks(range(c), labels=labels, fontsize=8)
     if c <= 20:
@@ -96,7 +102,8 @@ def plot_accuracy_matrix(rows: Sequence[Sequence[float]], path: str | Path,
     fig = _new_figure(side + 1.0, side)
     ax = fig.add_subplot(1, 1, 1)
     im = ax.imshow(np.ma.masked_invalid(r * 100.0), cmap="viridis", vmin=0.0, vmax=100.0)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    bar.set_label("accuracy (%)")
     ax.set_xticks(range(n))
     ax.set_yticks(range(n))
     ax.set_xlabel("evaluated on task j")
@@ -111,35 +118,71 @@ def plot_accuracy_matrix(rows: Sequence[Sequence[float]], path: str | Path,
     return save_figure_atomic(fig, path, dpi)
 
 
+def segments(history: Sequence[dict[str, Any]]) -> list[tuple[int, int, str]]:
+    """``(first, last, label)`` per run of consecutive epochs of one (task, stage), 1-based
+    x positions; the label is the stage name (``t<task> <stage>`` when there are tasks)."""
+    tasks = {h.get("task") for h in history}
+    out: list[tuple[int, int, str]] = []
+    for i, h in enumerate(history, 1):
+        label = (f"t{h.get('task')} {h.get('stage')}" if len(tasks) > 1
+                 else str(h.get("stage")))
+        if out and out[-1][2] == label and out[-1][1] == i - 1:
+            out[-1] = (out[-1][0], i, label)
+        else:
+            out.append((i, i, label))
+    return out
+
+
 def plot_learning_curves(history: Sequence[dict[str, Any]], path: str | Path,
                          keys: Sequence[str] = ("train/war", "train/uar", "valid/war",
                                                 "valid/uar"),
-                         dpi: int = 100) -> Path:
-    """Metrics per epoch (x = epoch index over the whole run), in percent.
+                         dpi: int = 100, title: str = "learning curves",
+                         loss_keys: Sequence[str] | None = None) -> Path:
+    """Metrics per epoch (x = epoch index over the whole run) in percent, above the loss
+    curve(s) (``loss/total`` and its terms unless ``loss_keys`` is given).
 
     ``history`` items hold ``task``, ``stage`` and the metric keys; dotted vertical lines
-    mark where a stage or task begins.
+    mark where a stage or task begins, and each span is labelled with its stage name.
     """
-    fig = _new_figure(8.0, 4.5)
-    ax = fig.add_subplot(1, 1, 1)
+    fig = _new_figure(9.0, 7.0)
+    ax = fig.add_subplot(2, 1, 1)
+    lx = fig.add_subplot(2, 1, 2, sharex=ax)
     xs = list(range(1, len(history) + 1))
+
+    def series(key: str, scale: float) -> list[float]:
+        return [scale * float(h[key]) if isinstance(h.get(key), (int, float)) else math.nan
+                for h in history]
+
     for key in keys:
-        ys = [100.0 * float(h[key]) if isinstance(h.get(key), (int, float)) else math.nan
-              for h in history]
+        ys = series(key, 100.0)
         if any(not math.isnan(y) for y in ys):
             ax.plot(xs, ys, marker="o", markersize=3, label=key)
-    for i in range(1, len(history)):
-        prev, cur = history[i - 1], history[i]
-        if (prev.get("task"), prev.get("stage")) != (cur.get("task"), cur.get("stage")):
-            ax.axvline(i + 0.5, color="grey", linestyle=":", linewidth=1)
+    if loss_keys is None:
+        terms = sorted({k for h in history for k in h
+                        if k.startswith("loss/") and k != "loss/total"})
+        loss_keys = ["loss/total", *terms]
+    for key in loss_keys:
+        ys = series(key, 1.0)
+        if any(not math.isnan(y) for y in ys):
+            lx.plot(xs, ys, marker="o" if key == "loss/total" else None, markersize=3,
+                    linewidth=2.0 if key == "loss/total" else 1.0, label=key)
+    for first, last, label in segments(history):
+        for a in (ax, lx):
+            if first > 1:
+                a.axvline(first - 0.5, color="grey", linestyle=":", linewidth=1)
+        ax.text((first + last) / 2, 101, label, ha="center", va="bottom", fontsize=8,
+                color="dimgrey", clip_on=False)
     from matplotlib.ticker import MaxNLocator
 
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("epoch (whole run)")
-    ax.set_ylabel("%")
+    lx.xaxis.set_major_locator(MaxNLocator(integer=True))
+    lx.set_xlabel("epoch (whole run)")
+    ax.set_ylabel("accuracy (%)")
+    lx.set_ylabel("loss")
     ax.set_ylim(0, 100)
-    ax.grid(True, alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="lower right", fontsize=8)
+    for a in (ax, lx):
+        a.grid(True, alpha=0.3)
+        if a.get_legend_handles_labels()[0]:
+            a.legend(loc="best", fontsize=8)
+    fig.suptitle(title)
     fig.tight_layout()
     return save_figure_atomic(fig, path, dpi)

@@ -264,31 +264,113 @@ def test_plots_files(registries, tmp_path):
     drive(build(registries, "plots", dpi=50), run)
     plots = run.out_dir / "plots"
     names = sorted(p.name for p in plots.iterdir())
-    expected = {"confusion_latest.png", "accuracy_matrix.png", "learning_curves.png",
-                "confusion_t0_prompt_e0.png", "confusion_t0_prompt_e1.png",
-                "confusion_t0_all_e0.png", "confusion_t1_prompt_e0.png",
-                "confusion_t1_prompt_e1.png"}
+    # every epoch of the drive has valid UAR 0.487: the first epoch of each task is its best
+    expected = {"confusion_best_t0.png", "confusion_best_t1.png", "accuracy_matrix.png",
+                "learning_curves.png", "history.jsonl"}
     assert set(names) == expected                        # no temp files left behind
-    with Image.open(plots / "confusion_latest.png") as im:
+    with Image.open(plots / "confusion_best_t0.png") as im:
         assert im.format == "PNG" and im.mode == "RGBA" and im.size == (250, 200)
     with Image.open(plots / "learning_curves.png") as im:
-        assert im.format == "PNG" and im.size == (400, 225)
+        assert im.format == "PNG" and im.size == (450, 350)
     with Image.open(plots / "accuracy_matrix.png") as im:
         assert im.format == "PNG" and im.size == (225, 175)
         assert len(im.convert("RGB").getcolors(maxcolors=1 << 20)) > 20  # really drawn
-    assert (plots / "confusion_t1_prompt_e1.png").read_bytes() == \
-        (plots / "confusion_latest.png").read_bytes()
+    assert len((plots / "history.jsonl").read_text().splitlines()) == 5
+
+
+@pytest.fixture
+def figures(monkeypatch):
+    """Capture the matplotlib figures instead of writing PNGs."""
+    import clapkit.plotting as plotting
+    got: dict[str, object] = {}
+
+    def keep(fig, path, dpi=100):
+        got[Path(path).name] = fig
+        return Path(path)
+
+    monkeypatch.setattr(plotting, "save_figure_atomic", keep)
+    return got
+
+
+def _one_task_run(registries, tmp_path, uars, **options):
+    run = make_run(tmp_path)
+    run.num_tasks = 1
+    host = PluginHost()
+    host.register_listener(build(registries, "plots", **options))
+    h = host.hook
+    h.clapkit_run_start(run=run)
+    for e, u in enumerate(uars):
+        m = epoch_metrics(e)
+        m["valid/uar"] = u
+        h.clapkit_epoch_end(run=run, task=0, stage="prompt" if e < 2 else "all", epoch=e,
+                            metrics=m)
+    h.clapkit_task_end(run=run, task=0, metrics={"acc_seen": 0.5, "acc_task/0": 0.5,
+                                                  "valid/confusion": [[1, 0, 0]] * 3})
+    h.clapkit_run_end(run=run, summary=SUMMARY)
+    return run
+
+
+def test_plots_single_task_best_and_final_confusion_no_accuracy_matrix(registries, tmp_path,
+                                                                         figures):
+    run = _one_task_run(registries, tmp_path, [0.4, 0.5, 0.45])
+    assert set(figures) == {"confusion_best.png", "confusion_final.png",
+                            "learning_curves.png"}
+    assert not (run.out_dir / "accuracy_matrix.json").exists()
+    best = figures["confusion_best.png"].axes[0].get_title()
+    assert "best valid UAR (50.0%)" in best and "epoch 2" in best and "task" not in best
+
+
+def test_confusion_colour_bar_is_labelled(figures, tmp_path):
+    from clapkit.plotting import plot_confusion
+    plot_confusion([[3, 1], [0, 4]], ["a long class name", "b"], tmp_path / "c.png")
+    fig = figures["c.png"]
+    ax, bar = fig.axes
+    assert "recall" in bar.get_ylabel()
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["a long class name", "b"]
+    plot_confusion([[3, 1], [0, 4]], None, tmp_path / "n.png", normalize=False)
+    assert figures["n.png"].axes[1].get_ylabel() == "number of items"
+
+
+def test_learning_curves_title_stages_loss_and_whole_history_after_resume(registries,
+                                                                           tmp_path, figures):
+    run = make_run(tmp_path)
+    run.num_tasks = 1
+    run.out_dir.mkdir(parents=True)
+    # the first process logged three epochs before it was interrupted
+    with open(run.out_dir / "metrics.jsonl", "w") as fh:
+        fh.write(json.dumps({"event": "run_start"}) + "\n")
+        for e in range(2):
+            fh.write(json.dumps({"event": "epoch_end", "task": 0, "stage": "prompt",
+                                 "epoch": e, "metrics": epoch_metrics(e)}) + "\n")
+        fh.write(json.dumps({"event": "epoch_end", "task": 0, "stage": "all", "epoch": 0,
+                             "metrics": epoch_metrics(0)}) + "\n")
+    host = PluginHost()
+    host.register_listener(build(registries, "plots"))
+    h = host.hook
+    h.clapkit_run_start(run=run)
+    # the resumed process repeats all/epoch 0 (its checkpoint was not written), then 1
+    for e in range(2):
+        h.clapkit_epoch_end(run=run, task=0, stage="all", epoch=e, metrics=epoch_metrics(e))
+    h.clapkit_stage_end(run=run, task=0, stage="all")
+    fig = figures["learning_curves.png"]
+    acc, loss = fig.axes[:2]
+    assert fig._suptitle.get_text().startswith("demo:")
+    assert len(acc.get_lines()[0].get_xdata()) == 4          # 2 + 2 epochs, not 2
+    assert {t.get_text() for t in acc.texts} == {"prompt", "all"}
+    assert any(ln.get_label() == "loss/total" for ln in loss.get_lines())
+    assert any(ln.get_label() == "loss/mi" for ln in loss.get_lines())
+    assert not (run.out_dir / "plots" / "history.jsonl").exists()   # jsonl logger has it
 
 
 def test_plots_every_and_rank(registries, tmp_path):
     run = make_run(tmp_path)
-    lg = build(registries, "plots", every=2, per_epoch=False, dpi=40)
+    lg = build(registries, "plots", every=2, per_epoch=True, dpi=40)
     host = PluginHost()
     host.register_listener(lg)
     host.hook.clapkit_epoch_end(run=run, task=0, stage="a b", epoch=0, metrics=epoch_metrics(0))
-    assert not (run.out_dir / "plots").exists()
     host.hook.clapkit_epoch_end(run=run, task=0, stage="a b", epoch=1, metrics=epoch_metrics(1))
-    assert [p.name for p in (run.out_dir / "plots").iterdir()] == ["confusion_latest.png"]
+    pngs = sorted(p.name for p in (run.out_dir / "plots").glob("*.png"))
+    assert pngs == ["confusion_best_t0.png", "confusion_t0_a_b_e1.png"]
     other = make_run(tmp_path / "r1", rank=1)
     drive(build(registries, "plots"), other)
     assert not other.out_dir.exists()

@@ -1,10 +1,15 @@
 """`plots` logger: PNG figures in ``<out_dir>/plots`` (matplotlib, Agg canvas, atomic writes).
 
-* every ``every`` epochs: the validation confusion matrix as
-  ``confusion_t{task}_{stage}_e{epoch}.png`` (with ``per_epoch = true``) and
-  ``confusion_latest.png``;
-* at stage, task and run end: ``learning_curves.png`` (train/valid WAR and UAR per epoch);
-* at task and run end: ``accuracy_matrix.png``, the heatmap of R[t][j] built from the
+* at each new best valid UAR: ``confusion_best.png`` (the model ``best.pt`` holds; per task
+  ``confusion_best_t{task}.png`` in incremental runs), at each task end
+  ``confusion_final.png`` (``confusion_final_t{task}.png``); with ``per_epoch = true`` also
+  ``confusion_t{task}_{stage}_e{epoch}.png`` every ``every`` epochs;
+* at stage, task and run end: ``learning_curves.png``: a title, train/valid WAR and UAR per
+  epoch above the loss curve (total and terms), stage boundaries and names; after a resume
+  the whole history, read back from ``metrics.jsonl`` (or the logger's own
+  ``<subdir>/history.jsonl`` when the jsonl logger is off);
+* incremental runs only (more than one task), at task and run end: ``accuracy_matrix.png``,
+  the heatmap of R[t][j] built from the
   ``acc_task/<j>`` entries of each task's metrics, and ``<out_dir>/accuracy_matrix.json``
   (atomic): ``rows`` R[t][j], ``acc_seen``, ``task_aware`` and ``ece`` per task, the
   derived ``summary`` (average incremental / last accuracy, forgetting, BWT, ...) and the
@@ -34,11 +39,11 @@ from clapkit.plotting import plot_accuracy_matrix, plot_confusion, plot_learning
 
 @attrs.frozen
 class PlotsConfig:
-    """``every``: draw the confusion matrix every N epochs; ``per_epoch``: keep one file per
-    epoch besides ``confusion_latest.png``; ``dpi``: resolution; ``subdir``: folder name."""
+    """``per_epoch``: also one confusion figure every ``every`` epochs (besides the best and
+    final ones); ``dpi``: resolution; ``subdir``: folder name."""
 
     every: int = attrs.field(default=1, validator=attrs.validators.ge(1))
-    per_epoch: bool = True
+    per_epoch: bool = False
     dpi: int = attrs.field(default=100, validator=[attrs.validators.ge(30),
                                                    attrs.validators.le(600)])
     subdir: str = attrs.field(default="plots", validator=inside)   # never outside the run
@@ -86,6 +91,7 @@ class PlotsLogger:
     def __init__(self, cfg: PlotsConfig) -> None:
         self.cfg = cfg
         self.history: list[dict[str, Any]] = []
+        self.best_uar: dict[int, float] = {}
         self.acc_rows: dict[int, list[float]] = {}
         # per-task scalars for accuracy_matrix.json: acc_seen, task_aware_acc, ece
         self.task_scalars: dict[int, dict[str, float]] = {}
@@ -99,11 +105,59 @@ class PlotsLogger:
     def _curves(self, run: Any) -> None:
         out = self._dir(run)
         if out is not None and self.history:
-            plot_learning_curves(self.history, out / "learning_curves.png", dpi=self.cfg.dpi)
+            name = getattr(getattr(getattr(run, "recipe", None), "run", None), "name", "run")
+            plot_learning_curves(self.history, out / "learning_curves.png", dpi=self.cfg.dpi,
+                                 title=f"{name}: train/valid WAR and UAR, loss per epoch")
+
+    @staticmethod
+    def _incremental(run: Any) -> bool:
+        return int(getattr(run, "num_tasks", 1) or 1) > 1
+
+    @staticmethod
+    def _jsonl_file(run: Any) -> Path:
+        """The jsonl logger's file in this run (its ``file`` option when configured)."""
+        log = getattr(getattr(run, "recipe", None), "log", None) or {}
+        for spec in getattr(log, "values", lambda: [])():
+            if getattr(spec, "plugin", None) == "jsonl":
+                return Path(run.out_dir) / getattr(spec.config, "file", "metrics.jsonl")
+        return Path(run.out_dir) / "metrics.jsonl"
+
+    def _add(self, row: dict[str, Any]) -> None:
+        """Append an epoch, replacing an earlier record of the same epoch (a resume may
+        repeat the epoch whose checkpoint was not written)."""
+        key = (row.get("task"), row.get("stage"), row.get("epoch"))
+        self.history = [h for h in self.history
+                        if (h.get("task"), h.get("stage"), h.get("epoch")) != key]
+        self.history.append(row)
+
+    @staticmethod
+    def _row(task: Any, stage: Any, epoch: Any, metrics: dict[str, Any]) -> dict[str, Any]:
+        return {"task": task, "stage": stage, "epoch": epoch,
+                **{k: v for k, v in metrics.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)}}
+
+    def _load_history(self, run: Any) -> None:
+        """Epochs an earlier (interrupted) process of this run logged: from the jsonl log,
+        else from this logger's own history file."""
+        out = self._dir(run)
+        if out is None:
+            return
+        for path in (self._jsonl_file(run), out / "history.jsonl"):
+            if not path.is_file():
+                continue
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue
+                if rec.get("event", "epoch_end") == "epoch_end":
+                    self._add(self._row(rec.get("task"), rec.get("stage"), rec.get("epoch"),
+                                        rec.get("metrics") or {}))
+            return
 
     def _accuracy_matrix(self, run: Any) -> None:
         out = self._dir(run)
-        if out is None or not self.acc_rows:
+        if out is None or not self.acc_rows or not self._incremental(run):
             return
         rows = [self.acc_rows.get(t, []) for t in range(max(self.acc_rows) + 1)]
         plot_accuracy_matrix(rows, out / "accuracy_matrix.png", dpi=self.cfg.dpi)
@@ -128,26 +182,44 @@ class PlotsLogger:
         _write_json_atomic(Path(run.out_dir) / "accuracy_matrix.json", data)
 
     @hookimpl
+    def clapkit_run_start(self, run: Any) -> None:
+        self._load_history(run)
+
+    def _names(self, run: Any, n: int) -> list[str] | None:
+        names = list(getattr(run, "class_names", None) or [])
+        return names[:n] if len(names) >= n else None
+
+    def _where(self, run: Any, task: int) -> str:
+        return f"task {task}, " if self._incremental(run) else ""
+
+    @hookimpl
     def clapkit_epoch_end(self, run: Any, task: int, stage: str, epoch: int,
                           metrics: dict[str, Any]) -> None:
         out = self._dir(run)
         if out is None:
             return
-        self.history.append({"task": task, "stage": stage, "epoch": epoch,
-                             **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}})
+        row = self._row(task, stage, epoch, metrics)
+        self._add(row)
+        if not self._jsonl_file(run).is_file():
+            out.mkdir(parents=True, exist_ok=True)
+            with open(out / "history.jsonl", "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(_finite(row)) + "\n")
         conf = metrics.get("valid/confusion")
-        if not conf or (epoch + 1) % self.cfg.every:
+        if not conf:
             return
-        names = getattr(run, "class_names", None)
-        title = f"valid confusion, task {task}, stage {stage}, epoch {epoch + 1}"
-        latest = plot_confusion(conf, names, out / "confusion_latest.png", title=title,
-                                dpi=self.cfg.dpi)
-        if self.cfg.per_epoch:
-            # same bytes as the latest figure: copy instead of drawing it twice
-            target = out / f"confusion_t{task}_{_safe(stage)}_e{epoch}.png"
-            tmp = target.with_name(f".{target.name}.tmp")
-            tmp.write_bytes(latest.read_bytes())
-            tmp.replace(target)
+        names = self._names(run, len(conf))
+        uar = _float(metrics.get("valid/uar"))
+        if not math.isnan(uar) and uar > self.best_uar.get(task, -math.inf):
+            self.best_uar[task] = uar
+            suffix = f"_t{task}" if self._incremental(run) else ""
+            plot_confusion(conf, names, out / f"confusion_best{suffix}.png",
+                           title=f"valid confusion at the best valid UAR ({100 * uar:.1f}%): "
+                                 f"{self._where(run, task)}stage {stage}, epoch {epoch + 1}",
+                           dpi=self.cfg.dpi)
+        if self.cfg.per_epoch and (epoch + 1) % self.cfg.every == 0:
+            plot_confusion(conf, names, out / f"confusion_t{task}_{_safe(stage)}_e{epoch}.png",
+                           title=f"valid confusion, {self._where(run, task)}stage {stage}, "
+                                 f"epoch {epoch + 1}", dpi=self.cfg.dpi)
 
     @hookimpl
     def clapkit_stage_end(self, run: Any, task: int, stage: str) -> None:
@@ -169,6 +241,13 @@ class PlotsLogger:
         table = parse_ood_metrics(metrics)
         if table:
             self.ood[task] = table
+        conf = metrics.get("valid/confusion")
+        if conf:
+            suffix = f"_t{task}" if self._incremental(run) else ""
+            when = f"end of task {task}" if self._incremental(run) else "end of training"
+            plot_confusion(conf, self._names(run, len(conf)),
+                           self._dir(run) / f"confusion_final{suffix}.png",  # type: ignore[operator]
+                           title=f"valid confusion, {when}", dpi=self.cfg.dpi)
         self._accuracy_matrix(run)
         self._curves(run)
 
