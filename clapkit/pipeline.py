@@ -352,9 +352,9 @@ def build_pipeline(recipe: Recipe, ctx: BuildContext, backbone: Backbone | None 
 
 
 def adapter_order(specs: dict[str, ComponentSpec]) -> list[tuple[str, ComponentSpec]]:
-    """The adapters in the order they run within their place: ascending ``order`` key,
+    """The adapters in the order they run within their place: ascending ``run_order`` key,
     ties in recipe table order."""
-    return sorted(specs.items(), key=lambda kv: kv[1].keys.order)
+    return sorted(specs.items(), key=lambda kv: kv[1].keys.run_order)
 
 
 def _build_adapter(spec: ComponentSpec, ctx: BuildContext) -> tuple[nn.Module, str]:

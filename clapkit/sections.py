@@ -68,13 +68,13 @@ class DataKeys:
 @attrs.frozen
 class AdapterKeys:
     """``streams``: which streams an image/video adapter serves (default: all).
-    ``order``: adapters of one place (e.g. the image adapters of a stream) run in ascending
-    ``order``; equal orders keep the recipe's table order (after ``extends`` merging, where
+    ``run_order``: adapters of one place (e.g. the image adapters of a stream) run in
+    ascending ``run_order``; equal values keep the recipe's table order (after ``extends`` merging, where
     a table added by the extending recipe comes last)."""
 
     streams: list[str] | None = attrs.field(default=None, validator=v.each(v.non_empty,
                                                                             min_len=1))
-    order: int = attrs.field(default=0, validator=v.number(-1000, 1000))
+    run_order: int = attrs.field(default=0, validator=v.number(-1000, 1000))
 
 
 @attrs.frozen

@@ -1,4 +1,4 @@
-"""Image adapters run in the order the recipe states (``order`` key), not in the table order
+"""Image adapters run in the order the recipe states (``run_order`` key), not in the table order
 that ``extends`` merging happens to leave."""
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ def test_the_demo_standardises_features_before_the_eaa_adapter():
     assert list(recipe.adapters).index("norm") > list(recipe.adapters).index("eaa")  # tables
 
 
-def test_order_key_sets_the_run_order_of_image_adapters(tmp_path):
+def test_run_order_key_sets_the_run_order_of_image_adapters(tmp_path):
     text = es.BASE_RECIPE.replace('[adapters.frame]\nplugin = "t_frame_linear"\n',
                                   '[adapters.frame]\nplugin = "t_frame_linear"\n\n'
-                                  '[adapters.first]\nplugin = "t_frame_linear"\norder = -1\n')
+                                  '[adapters.first]\nplugin = "t_frame_linear"\nrun_order = -1\n')
     host = get_plugin_host()
     recipe = load_recipe(es.write_recipe(tmp_path, text), host)
     assert list(recipe.adapters) == ["frame", "first"]
