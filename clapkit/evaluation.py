@@ -26,7 +26,7 @@ import torch
 from .atomic import atomic_write_text
 from .build import build_component
 from .errors import ClapkitError
-from .interfaces import BuildContext, Component
+from .interfaces import BuildContext
 from .metrics import confusion_matrix, per_class_accuracy, uar, war
 from .pipeline import Pipeline, build_pipeline
 from .plugins import PluginHost
@@ -122,12 +122,11 @@ def prepare(recipe: Recipe, host: PluginHost, *, checkpoint: Path | None = None,
 
 
 def replay_growth(pipeline: Pipeline, scenario: Any, task: int) -> None:
-    """``on_task_start`` of every component for tasks ``0..task``: the per-task modules a
-    run grew exist again before its weights are loaded (growth happens only there)."""
+    """``pipeline.on_task_start`` for tasks ``0..task`` (the outermost components, as the
+    trainer calls it): the per-task modules a run grew exist again before its weights are
+    loaded (growth happens only there)."""
     for k in range(task + 1):
-        for m in pipeline.modules():
-            if isinstance(m, Component):
-                m.on_task_start(k, scenario.seen(k))
+        pipeline.on_task_start(k, scenario.seen(k))
 
 
 def _step_config(prep: Prepared, desc: str) -> Any:

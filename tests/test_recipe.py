@@ -6,7 +6,6 @@ import types
 
 import attrs
 import pytest
-from conftest import MINIMAL_RECIPE
 
 from clapkit import hookimpl
 from clapkit.errors import RecipeError
@@ -170,14 +169,15 @@ def swap_host(fake_host):
     return fake_host
 
 
-def _with_head_options(tmp_path):
-    base = tmp_path / "base.toml"
-    base.write_text(MINIMAL_RECIPE.replace('view = "soft"', 'view = "soft"\nsize = 3\nmode = "b"'))
-    return base
+def _with_head_options(minimal_recipe):
+    text = minimal_recipe.read_text()
+    minimal_recipe.write_text(text.replace('view = "soft"', 'view = "soft"\nsize = 3\nmode = "b"'))
+    return minimal_recipe
 
 
-def test_child_that_swaps_the_plugin_drops_the_parents_options(tmp_path, swap_host):
-    _with_head_options(tmp_path)
+def test_child_that_swaps_the_plugin_drops_the_parents_options(tmp_path, swap_host,
+                                                                 minimal_recipe):
+    _with_head_options(minimal_recipe)
     child = tmp_path / "child.toml"
     child.write_text('extends = "base.toml"\n[head]\nplugin = "other_head"\ntemperature = 0.5\n')
     r = load_recipe(child, swap_host)
@@ -185,8 +185,9 @@ def test_child_that_swaps_the_plugin_drops_the_parents_options(tmp_path, swap_ho
     assert r.head.keys.view == "soft"          # a core key of [head] is kept
 
 
-def test_child_that_keeps_the_plugin_inherits_and_overrides(tmp_path, swap_host):
-    _with_head_options(tmp_path)
+def test_child_that_keeps_the_plugin_inherits_and_overrides(tmp_path, swap_host,
+                                                            minimal_recipe):
+    _with_head_options(minimal_recipe)
     child = tmp_path / "child.toml"
     child.write_text('extends = "base.toml"\n[head]\nplugin = "fake_head"\nsize = 9\n')
     r = load_recipe(child, swap_host)
@@ -200,8 +201,9 @@ def test_named_table_swap_in_child(tmp_path, swap_host, minimal_recipe):
     assert r.prompts["desc"].plugin == "fake_prompt2" and r.prompts["desc"].config.tags == []
 
 
-def test_set_plugin_swap_drops_old_options_but_keeps_other_overrides(tmp_path, swap_host):
-    base = _with_head_options(tmp_path)
+def test_set_plugin_swap_drops_old_options_but_keeps_other_overrides(tmp_path, swap_host,
+                                                                      minimal_recipe):
+    base = _with_head_options(minimal_recipe)
     r = load_recipe(base, swap_host, ["head.plugin=other_head"])
     assert r.head.plugin == "other_head" and r.head.config.temperature == 1.0
     r = load_recipe(base, swap_host, ["head.temperature=0.2", "head.plugin=other_head"])
@@ -229,19 +231,20 @@ def test_set_errors_name_the_override(minimal_recipe, fake_host, override, patte
         load_recipe(minimal_recipe, fake_host, [override])
 
 
-def test_file_error_still_names_the_file(tmp_path, fake_host):
-    (tmp_path / "r.toml").write_text(MINIMAL_RECIPE.replace("seed = 3", "grad_clip = -1.0"))
+def test_file_error_still_names_the_file(tmp_path, fake_host, minimal_recipe):
+    (tmp_path / "r.toml").write_text(minimal_recipe.read_text().replace("seed = 3",
+                                                                         "grad_clip = -1.0"))
     with pytest.raises(RecipeError, match=r"r\.toml: run\.grad_clip: invalid value"):
         load_recipe(tmp_path / "r.toml", fake_host)
 
 
 def test_relative_paths_resolve_against_the_working_directory(tmp_path, monkeypatch,
-                                                             swap_host):
+                                                             swap_host, minimal_recipe):
     """One rule everywhere: relative to the working directory at load time (not to the
     recipe file, which only anchors ``extends``), written back absolute."""
     sub = tmp_path / "recipes" / "nested"
     sub.mkdir(parents=True)
-    (sub / "base.toml").write_text(MINIMAL_RECIPE + '[cache]\ndir = "cachedir"\n')
+    (sub / "base.toml").write_text(minimal_recipe.read_text() + '[cache]\ndir = "cachedir"\n')
     (tmp_path / "recipes" / "child.toml").write_text(
         'extends = "nested/base.toml"\n[run]\nout_dir = "out/{name}"\n')
     work = tmp_path / "work"
