@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ClapkitError
+from ..metrics import AccuracyMatrix
 from . import checkpoint as ckpt
 
 #: recipe keys that may change between a run and its resume
@@ -69,7 +70,7 @@ def restore(tr: Any, st: dict[str, Any]) -> None:
         tr.start_components(task)
     ckpt.load_model_state(tr.pipeline, st["model"], where=str(last_path(tr.out)))
     tr.memory = list(st["memory"])
-    from ..metrics import AccuracyMatrix
+    tr.task_memory = list(st.get("task_memory", st["memory"]))
     tr.acc = AccuracyMatrix.from_dict(st["accuracy_matrix"])
     tr.best.values = dict(st["best"])
     tr.last_task_metrics = dict(st["last_task_metrics"])
@@ -89,6 +90,7 @@ def save_last(tr: Any, position: dict[str, Any], optimizer: Any, scheduler: Any,
              "scaler": scaler.state_dict() if scaler is not None else None,
              "rng": ckpt.rng_state(), "best": dict(tr.best.values),
              "accuracy_matrix": tr.acc.to_dict(), "memory": list(tr.memory),
+             "task_memory": list(tr.task_memory),
              "last_task_metrics": tr.last_task_metrics,
              "class_order": list(tr.scenario.order)}
     path = ckpt.atomic_save(state, last_path(tr.out))

@@ -131,6 +131,7 @@ class Trainer:
         self._build()
         # progress (resumable): memory, accuracy matrix, selected epoch, last evaluation
         self.memory: list[int] = []
+        self.task_memory: list[int] = []
         self.acc = AccuracyMatrix()
         self.best = BestTracker()
         self.last_task_metrics: dict[str, Any] = {}
@@ -192,9 +193,11 @@ class Trainer:
         stages = [(i, s) for i, s in enumerate(r.stages) if s.runs_in(task)]
         before = [(i, s) for i, s in stages if not s.after_memory]
         after = [(i, s) for i, s in stages if s.after_memory]
-        resumed_after = pos is not None and r.stages[pos["stage"]].after_memory \
-            if pos is not None and pos["stage"] < len(r.stages) else False
-        memory_before = list(self.memory)
+        # a resume inside an after-memory stage: the memory update is done already
+        resumed_after = (pos is not None and pos["stage"] < len(r.stages)
+                         and r.stages[pos["stage"]].after_memory)
+        if pos is None:
+            self.task_memory = list(self.memory)   # what the task trains with (checkpointed)
         if not resumed_after:
             self._stages(task, before, pos, st)
         collected: Collected | None = None
@@ -202,23 +205,16 @@ class Trainer:
         if wants_memory and not resumed_after:
             self.memory, collected = self._update_memory(task)
         if after:
-            if resumed_after:
-                memory_before = self._memory_before_resumed(task)
             self._stages(task, after, pos if resumed_after else None, st)
             collected = None                   # the model moved since the memory update
         metrics = evaluate_task(self, task)
         if r.memory.size > 0:
             metrics["memory_size"] = len(self.memory)
         self.last_task_metrics = metrics
-        lifecycle.end_task(self, task, collected, memory_before)
+        lifecycle.end_task(self, task, collected, self.task_memory)
         self.events.fire("clapkit_task_end", task=task, metrics=metrics)
         resume.save_last(self, {"task": task, "stage": len(r.stages), "epoch": -1,
                                 "phase": "task_done"}, None, None, None)
-
-    def _memory_before_resumed(self, task: int) -> list[int]:
-        """On a resume inside an after-memory stage the memory the task trained with is
-        no longer known; the view then holds the task's items plus the current memory."""
-        return list(self.memory)
 
     def _stages(self, task: int, stages: list[tuple[int, Any]], pos: dict[str, Any] | None,
                 st: dict[str, Any] | None) -> None:

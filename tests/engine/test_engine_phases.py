@@ -174,3 +174,47 @@ def test_phases_run_in_their_tasks_on_their_data_after_the_memory(tmp_path, monk
     lrs = [e for e in order.events if e[0] == "lrs" and e[2] == "later"]
     assert lrs[0][3] == ("lr/prompts.text.deltas.1",)
     assert lrs[1][3] == ("lr/prompts.text.deltas.2",)
+
+
+class CrashAt:
+    def __init__(self, n: int) -> None:
+        self.n, self.saves = n, 0
+
+    @hookimpl
+    def clapkit_checkpoint_saved(self, run, path):
+        if path.endswith("last.pt"):
+            self.saves += 1
+            if self.saves == self.n:
+                raise RuntimeError("killed")
+
+
+def test_resume_inside_an_after_memory_stage(tmp_path, monkeypatch):
+    from clapkit.engine import checkpoint as ckpt
+    text = PHASES.replace('after_memory = true\ndata = "memory"\nsampler = "class_balanced"\n'
+                          'train = ["prompts.text.deltas.*"]\nepochs = 1',
+                          'after_memory = true\ndata = "memory"\nsampler = "class_balanced"\n'
+                          'train = ["prompts.text.deltas.*"]\nepochs = 2')
+    path = es.write_recipe(tmp_path, text)
+    over = es.base_overrides(tmp_path)
+    run_recipe(path, overrides=over, out_dir=tmp_path / "a")
+    host = get_plugin_host()
+    crash = CrashAt(6)          # task 0: 1 + 2 epochs + end; task 1: "later", balanced epoch 0
+    host.register_listener(crash, name="crash")
+    try:
+        with pytest.raises(RuntimeError, match="killed"):
+            run_recipe(path, overrides=over, out_dir=tmp_path / "b", host=host)
+    finally:
+        host.unregister_listener(crash)
+    st = ckpt.load(tmp_path / "b" / "checkpoints" / "last.pt")
+    assert (st["position"]["task"], st["position"]["stage"], st["position"]["epoch"]) == (1, 2, 0)
+    updates = []
+    orig = Trainer._update_memory
+    monkeypatch.setattr(Trainer, "_update_memory",
+                        lambda self, task: updates.append(task) or orig(self, task))
+    run_recipe(path, overrides=over, out_dir=tmp_path / "b", resume=True)
+    assert updates == [2]                       # task 1's memory came from the checkpoint
+    a = ckpt.load(tmp_path / "a" / "checkpoints" / "last.pt")
+    b = ckpt.load(tmp_path / "b" / "checkpoints" / "last.pt")
+    assert a["memory"] == b["memory"] and a["task_memory"] == b["task_memory"]
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
