@@ -92,13 +92,7 @@ def prepare(recipe: Recipe, host: PluginHost, *, checkpoint: Path | None = None,
     backbone = build_component(recipe.backbone, ctx)
     ctx.backbone = backbone
     sc = make_scenario(recipe.scenario, len(source.classes), file=recipe.file)
-    train = recipe.data.keys.train_split
-    counts = source.class_counts(train) if train in source.splits() else None
-    ctx.class_names = [source.classes[o] for o in sc.order]
-    ctx.class_counts = [counts[o] for o in sc.order] if counts else None
-    ctx.task_of_class = sc.task_of_class
-    ctx.streams = tuple(source.streams)
-    ctx.num_frames = source.num_frames
+    fill_data_context(ctx, recipe, source, sc)
     data = RunData(source, recipe, backbone, DistInfo(), recipe.run.seed, device)
     pipeline = build_pipeline(recipe, ctx, backbone)
     task = sc.num_tasks - 1
@@ -119,6 +113,18 @@ def prepare(recipe: Recipe, host: PluginHost, *, checkpoint: Path | None = None,
                     device=device, class_names=list(ctx.class_names), task=task,
                     checkpoint=checkpoint_name, position=position,
                     backbone_trained=trained_backbone)
+
+
+def fill_data_context(ctx: BuildContext, recipe: Recipe, source: Any, scenario: Any) -> None:
+    """What the components' factories read from the data: class names in class order, train
+    class counts, the class -> task map, streams and frames (as the trainer sets them)."""
+    train = recipe.data.keys.train_split
+    counts = source.class_counts(train) if train in source.splits() else None
+    ctx.class_names = [source.classes[o] for o in scenario.order]
+    ctx.class_counts = [counts[o] for o in scenario.order] if counts else None
+    ctx.task_of_class = scenario.task_of_class
+    ctx.streams = tuple(source.streams)
+    ctx.num_frames = source.num_frames
 
 
 def replay_growth(pipeline: Pipeline, scenario: Any, task: int) -> None:

@@ -122,7 +122,7 @@ def check_recipe(path: str | Path, host: PluginHost,
     from .engine.runner import Trainer, resolve_device
     from .engine.scenario import make_scenario
     from .engine.stages import param_groups, select_parameters
-    from .evaluation import replay_growth
+    from .evaluation import fill_data_context, replay_growth
     from .pipeline import build_pipeline
 
     recipe = load_recipe(path, host, overrides)
@@ -146,13 +146,7 @@ def check_recipe(path: str | Path, host: PluginHost,
                             "data's classes")
         scenario_cfg = attrs.evolve(scenario_cfg, task_to_cls_num=None)
     sc = make_scenario(scenario_cfg, len(source.classes), file=recipe.file)
-    ctx.class_names = [source.classes[o] for o in sc.order]
-    train = recipe.data.keys.train_split
-    counts = source.class_counts(train) if train in source.splits() else None
-    ctx.class_counts = [counts[o] for o in sc.order] if counts else None
-    ctx.task_of_class = sc.task_of_class
-    ctx.streams = tuple(source.streams)
-    ctx.num_frames = source.num_frames
+    fill_data_context(ctx, recipe, source, sc)
     pipe = build_pipeline(recipe, ctx, backbone)
     replay_growth(pipe, sc, 0)
     task_kw = "task" in inspect.signature(select_parameters).parameters
