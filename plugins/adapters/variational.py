@@ -34,6 +34,7 @@ belongs to the current task -- with ``per_batch`` VGA every item has the same in
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Literal
 
@@ -57,7 +58,12 @@ class VariationalConfig:
     ``init``: "random" or "text" (template-mean features, ``templates``);
     ``keep_previous``: snapshot the previous task's pairs for ``distill``;
     ``prior``: "standard" (N(0,I), nothing extra) or "data" (``prior_loc``/``prior_scale``
-    from a context subset of ``context_size`` share of the current task's items)."""
+    from a context subset of ``context_size`` share of the current task's items);
+    ``sigma_init``: start every new pair (and the global one) at this sigma (sigma layer
+    weight 0, bias = softplus^-1((sigma_init - 0.001) / 0.999)); unset = nn.Linear's init
+    as the reference, which gives sigma ~ 0.69 per dim -- noise of norm ~0.69 sqrt(D),
+    far larger than the unit text features, which a head that re-normalises the samples
+    (``cosine``) sees as noise."""
 
     hierarchical: bool = False
     global_samples: int = attrs.field(default=1, validator=attrs.validators.gt(0))
@@ -69,6 +75,8 @@ class VariationalConfig:
         default="standard", validator=attrs.validators.in_(("standard", "data")))
     context_size: float = attrs.field(default=0.67, validator=[attrs.validators.gt(0.0),
                                                                attrs.validators.le(1.0)])
+    sigma_init: float | None = attrs.field(default=None, validator=attrs.validators.optional(
+        attrs.validators.gt(0.001)))
 
 
 def sigma_of(pre: torch.Tensor) -> torch.Tensor:
@@ -77,12 +85,17 @@ def sigma_of(pre: torch.Tensor) -> torch.Tensor:
 
 
 class Pair(nn.Module):
-    """One mu/sigma pair of Linear layers."""
+    """One mu/sigma pair of Linear layers (``sigma_init``: see VariationalConfig)."""
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, sigma_init: float | None = None) -> None:
         super().__init__()
         self.mu = nn.Linear(dim, dim)
         self.sigma = nn.Linear(dim, dim)
+        if sigma_init is not None:
+            pre = (sigma_init - 0.001) / 0.999
+            with torch.no_grad():
+                self.sigma.weight.zero_()
+                self.sigma.bias.fill_(pre + math.log(-math.expm1(-pre)))   # softplus^-1
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.mu(x), sigma_of(self.sigma(x))
@@ -125,13 +138,13 @@ class Variational(Adapter):
                  template_stats: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         super().__init__()
         self.dim, self.cfg = int(dim), cfg
-        self.current = Pair(dim)
+        self.current = Pair(dim, cfg.sigma_init)
         for name in ("old_mu_weight", "old_mu_bias", "old_sigma_weight", "old_sigma_bias"):
             self.register_parameter(name, None)
         for name in ("prev_mu_weight", "prev_mu_bias", "prev_global_weight",
                      "prev_global_bias"):
             self.register_buffer(name, None)
-        self.global_ = Pair(dim) if cfg.hierarchical else None
+        self.global_ = Pair(dim, cfg.sigma_init) if cfg.hierarchical else None
         if template_stats is not None:
             self.register_buffer("tmpl_mean", template_stats[0], persistent=False)
             self.register_buffer("tmpl_var", template_stats[1], persistent=False)
@@ -176,7 +189,7 @@ class Variational(Adapter):
                 setattr(self, f"old_{kind}_bias", nn.Parameter(new_b.clone(), requires_grad=False))
             self._n_old += 1
             self._snap_versions = self._old_versions()
-            self.current = Pair(self.dim).to(cur.mu.weight.device)
+            self.current = Pair(self.dim, self.cfg.sigma_init).to(cur.mu.weight.device)
             self._init_from_text(self.current, seen_classes)
 
     def _old_versions(self) -> tuple[int, ...]:

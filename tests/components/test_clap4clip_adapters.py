@@ -267,3 +267,15 @@ def test_chain_learns_a_class_incremental_toy(make, ctx):
         accs.append(float((logits.argmax(1) == y).float().mean()))
     assert sum(losses[-10:]) / 10 < 0.6 * sum(losses[:10]) / 10
     assert sum(accs[-10:]) / 10 > 0.8
+
+
+def test_variational_sigma_init(make, ctx):
+    var = make("adapter", "variational", ctx, sigma_init=0.02, hierarchical=True)
+    var.on_task_start(0, 3)
+    var.on_task_start(1, 5)
+    x = torch.randn(2, 8, D)
+    out = var(x, torch.randn(2, D), _step(task=1, seen=5, s=2))
+    torch.testing.assert_close(out.distribution.scale, torch.full((1, 2, 5, D), 0.02))
+    torch.testing.assert_close(out.aux["global_scale"], torch.full((2, 5, D), 0.02))
+    with pytest.raises(Exception, match="sigma_init"):
+        make("adapter", "variational", ctx, sigma_init=0.0005)
