@@ -10,18 +10,21 @@ Grid: num_samples (5, 10, 20, 40) x tasks (2, 5, 10, 20) x hierarchy off/on, VGA
 ``per_batch`` (the reference's behaviour: one decoder pass over the batch) and, with
 ``--context per_sample|both``, the batch-independent default (B decoder passes in one call;
 its cost grows with B, see the printed rows). Step time is the median over ``--steps``
-timed steps after ``--warmup``; peak memory is CUDA's peak on a GPU, else the growth of the
-process's peak RSS (ru_maxrss) during the row, a lower bound when an earlier row peaked
-higher.
+timed steps after ``--warmup``; peak memory is CUDA's peak on a GPU, else the row's peak RSS
+above the RSS at its start (Linux: the peak is reset per row through ``/proc/self/
+clear_refs``; elsewhere the growth of ru_maxrss, a lower bound when an earlier row peaked
+higher).
 
 ``--json FILE`` writes one JSON object per row: tasks, num_samples, hierarchical, context,
-step_s, peak_mb.
+step_s, peak_mb, threads (torch threads used: by default the faster of 1 and all CPU
+threads, chosen per row on a few extra steps).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import sys
@@ -69,6 +72,44 @@ class Stack(torch.nn.Module):
         return head, res
 
 
+def _proc_kb(field: str) -> int | None:
+    """A ``/proc/self/status`` field in kB (None where there is no procfs)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def reset_peak_rss() -> int | None:
+    """Reset the process's peak RSS (Linux: ``clear_refs`` 5) and return the current RSS in
+    kB, so that VmHWM afterwards is this row's own peak; None where that is unavailable."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return None
+    return _proc_kb("VmRSS")
+
+
+def thread_choice(step_once, args) -> int:
+    """``--threads N`` as given; 0 (default): the faster of 1 and all CPU threads on this
+    row, by the median of 3 steps each after one warmup step (a loaded 2-core machine can
+    be several times slower with 2 OpenMP threads than with 1; an idle one is faster)."""
+    if args.threads:
+        return args.threads
+    best, best_t = 1, float("inf")
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    for n in sorted({1, cpus or 1}):
+        torch.set_num_threads(n)
+        step_once()
+        t = statistics.median(step_once() for _ in range(3))
+        if t < best_t:
+            best, best_t = n, t
+    return best
+
+
 def run_row(tasks: int, samples: int, hierarchical: bool, context: str, args) -> dict:
     torch.manual_seed(0)
     d, b, per = args.dim, args.batch, args.classes_per_task
@@ -77,25 +118,26 @@ def run_row(tasks: int, samples: int, hierarchical: bool, context: str, args) ->
     router = UniformRouter("each")
     text = F.normalize(torch.randn(c, d), dim=-1)
     toc = torch.arange(c) // per
-    times = []
     dev = torch.device(args.device)
     stack.to(dev)
     text, toc = text.to(dev), toc.to(dev)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
+    base_kb = reset_peak_rss()
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    for i in range(args.warmup + args.steps):
-        z = torch.randn(b, d, device=dev)
-        label = torch.randint((tasks - 1) * per, c, (b,), device=dev)   # current task
-        present = torch.unique(toc[label])
+    g = torch.Generator(device=dev).manual_seed(1)
+
+    def step_once() -> float:
+        z = torch.randn(b, d, device=dev, generator=g)
+        label = torch.randint((tasks - 1) * per, c, (b,), device=dev, generator=g)
+        present = torch.unique(toc[label])                          # the current task
         step = StepContext(task=tasks - 1, seen_classes=c, num_samples=samples,
                            training=True, task_of_class=toc, tasks_present=present,
                            label=label)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         t0 = time.perf_counter()
-        alloc = router(z, step)
-        step = attrs.evolve(step, allocation=alloc)
+        step = attrs.evolve(step, allocation=router(z, step))
         head, res = stack(text, z, step)
         loss = F.cross_entropy(head.logits, label) + stack.kl(
             {"distributions": {"variational": res.distribution}, "aux": {}}, {"step": step})
@@ -103,15 +145,22 @@ def run_row(tasks: int, samples: int, hierarchical: bool, context: str, args) ->
         loss.backward()
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
-        if i >= args.warmup:
-            times.append(time.perf_counter() - t0)
+        return time.perf_counter() - t0
+
+    threads = thread_choice(step_once, args) if dev.type == "cpu" else torch.get_num_threads()
+    torch.set_num_threads(threads)
+    for _ in range(args.warmup):
+        step_once()
+    times = [step_once() for _ in range(args.steps)]
     if dev.type == "cuda":
         peak = torch.cuda.max_memory_allocated(dev) / 2**20
+    elif base_kb is not None and _proc_kb("VmHWM") is not None:
+        peak = max(0, _proc_kb("VmHWM") - base_kb) / 1024
     else:
         peak = max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
     return {"tasks": tasks, "num_samples": samples, "hierarchical": hierarchical,
             "context": context, "step_s": round(statistics.median(times), 5),
-            "peak_mb": round(peak, 1)}
+            "peak_mb": round(peak, 1), "threads": threads}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,13 +175,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--classes-per-task", type=int, default=10)
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads (0: per row, the faster of 1 and all CPU threads)")
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     hier = {"off": [False], "on": [True], "both": [False, True]}[args.hierarchy]
     contexts = ["per_batch", "per_sample"] if args.context == "both" else [args.context]
     rows = []
