@@ -6,7 +6,9 @@ and ``N[k]`` the mean over Monte-Carlo samples of the adapter's noise samples (`
 ``sims = P N^T`` and ``L = beta * CE(sims, diag)``: each class's samples must point at its
 own language prior rather than another class's. (The reference averages ``P_p . eps_s``
 over templates p and samples s; that is the same bilinear quantity.) Reference beta = 15.
-The template features are computed once at build with the frozen text encoder.
+The template features are computed once at build with the frozen text encoder. (With the
+hierarchy the reference adds the same term on the global adapter's samples; this loss reads
+the task-level noise only.)
 """
 
 from __future__ import annotations
