@@ -110,3 +110,27 @@ def test_attriclip_learns_on_demo_images(model, tmp_path_factory):
     assert losses[-1] < losses[0] - 0.3, losses
     assert acc > 0.45, acc                         # 4 classes: chance is 0.25
     assert not torch.allclose(p.keys, keys_before)  # the keys moved (key matching)
+
+
+def test_attriclip_runs_class_incremental_without_memory(tmp_path, capsys):
+    """The recipe as a 2-task class-incremental run, no replay memory: one bank shared by
+    both tasks (same parameter shapes after each task), an accuracy matrix row per task."""
+    import json
+    from pathlib import Path
+
+    from clapkit.cli import main
+    recipe = Path(__file__).resolve().parents[2] / "recipes" / "attriclip.toml"
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exc:
+        main(["run", str(recipe), "--out", str(out),
+              "--set", f"data.root='{tmp_path / 'demo'}'",
+              "--set", f"cache.dir='{tmp_path / 'cache'}'",
+              "--set", "scenario.task_to_cls_num=[10,10]", "--set", "stages.prompts.epochs=1",
+              "--set", "run.progress=false"])
+    assert exc.value.code == 0, capsys.readouterr()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["num_tasks"] == 2 and len(summary["accuracy_matrix"]) == 2
+    assert "memory_size" not in json.dumps(summary)
+    state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)["model"]
+    keys = {k: tuple(v.shape) for k, v in state.items() if k.startswith("prompts.attr.")}
+    assert keys == {"prompts.attr.keys": (10, 128), "prompts.attr.prompts": (10, 2, 32)}
