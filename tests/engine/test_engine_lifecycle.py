@@ -91,6 +91,19 @@ class Recorder:
                              for k, v in run.model.prompts["text"].deltas.items()}
 
     @hookimpl
+    def clapkit_task_evaluate(self, run, task, evaluation):
+        """A plugin evaluation: counts the valid items of the seen tasks it is shown and the
+        largest logit index that is finite (the seen classes only)."""
+        count, finite = [0], []
+
+        def see(batch, outputs):
+            count[0] += int(batch["label"].shape[0])
+            finite.append(int(torch.isfinite(outputs["logits"]).sum(1).max()))
+        evaluation.run(evaluation.splits["valid"], range(task + 1), see)
+        return {"mine/items": count[0], "mine/finite_classes": max(finite),
+                "mine/seen": evaluation.seen_classes}
+
+    @hookimpl
     def clapkit_checkpoint_saved(self, run, path):
         if path.endswith("last.pt"):
             self.saves += 1
@@ -160,6 +173,29 @@ def test_task_end_metrics_row_task_aware_and_novelty(straight):
                                                            "acc_task/2"]
     assert len(summary["accuracy_matrix"]) == 3
     assert math.isfinite(summary["final/test_war"])
+    # a clapkit_task_evaluate hook extends the task-end metrics
+    for t, m in rec.task_end.items():
+        assert (m["mine/items"], m["mine/finite_classes"], m["mine/seen"]) == \
+            (4 * (t + 1), 2 * (t + 1), 2 * (t + 1))
+
+
+class Clash:
+    @hookimpl
+    def clapkit_task_evaluate(self, run, task, evaluation):
+        return {"acc_seen": 1.0}
+
+
+def test_an_evaluation_hook_may_not_overwrite_a_metric(tmp_path):
+    from clapkit.errors import ClapkitError
+    text = es.BASE_RECIPE.replace("epochs = 2", "epochs = 1")
+    host, clash = get_plugin_host(), Clash()
+    host.register_listener(clash, name="clash")
+    try:
+        with pytest.raises(ClapkitError, match="clapkit_task_evaluate.*'acc_seen'"):
+            run_recipe(es.write_recipe(tmp_path, text), overrides=es.base_overrides(tmp_path),
+                       out_dir=tmp_path / "o", host=host)
+    finally:
+        host.unregister_listener(clash)
 
 
 def test_resume_in_task_2_replays_growth_and_reaches_the_same_weights(straight):
