@@ -25,7 +25,8 @@ def test_one_step_through_every_part(make, ctx, tiny_clip):
     places = {"eaa": "image", "temporal": "video", "fusion": "fusion"}
     losses = {"cls": make("loss", "label_smoothing", c, eps=0.05),
               "mi": make("loss", "mi", c), "dc": make("loss", "dc", c, view="soft"),
-              "moco": make("loss", "moco_rank", c, queue_size=16, view="soft")}
+              "moco": make("loss", "moco_rank", c, queue_size=16, view="soft",
+                               keys="momentum")}
     pipe = Pipeline(backbone=tiny_clip, prompts=prompts, adapters=adapters,
                     adapter_places=places,
                     head=make("head", "iec", c, lambda_slerp=0.3, temperature=0.07,
