@@ -6,7 +6,9 @@ the output samples are ``x + eps`` with ``eps ~ q`` (``rsample``), ``[S,B,C,D]``
 averages the logits over samples.
 
 - Samples per task: the router's ``step.allocation`` (else ``step.num_samples`` for every
-  task). Ragged counts are padded to the largest and marked in ``sample_mask [S,C]``.
+  task). Ragged counts are padded to the largest and marked in ``sample_mask [S,C]``; a
+  task the router gave 0 samples (anchor routing at test time) is scored at its mean
+  ``x + mu`` as one sample.
 - Growth (``on_task_start``): the pair of a new task is ``current``; the previous one joins
   the stacked ``old`` parameters (``old_mu_weight [T-1,D,D]`` ...). Stages pick them with
   globs (``adapters.variational.current.*`` while learning a task, ``adapters.variational.*``
@@ -277,8 +279,11 @@ class Variational(Adapter):
         # q.rsample written out (loc + scale * xi) so that the samples x + eps are one
         # fused op and the mean noise needs no [S,...] product.
         xi = torch.randn((s, *mu.shape), dtype=mu.dtype, device=mu.device)  # [S,(G),B',n,D]
+        per_class = alloc[tasks]                                            # [n]
+        if bool((per_class == 0).any()):        # a task given no samples: scored at its mean
+            xi = xi * (per_class > 0).to(xi.dtype)[:, None]
         samples = torch.addcmul(x + mu, sigma, xi)
-        real = torch.arange(s, device=text.device)[:, None] < alloc[tasks][None, :]  # [S,n]
+        real = torch.arange(s, device=text.device)[:, None] < per_class.clamp_min(1)[None, :]
         if bool(real.all()):
             xi_mean = xi.mean(0)
         else:

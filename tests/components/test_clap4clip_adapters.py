@@ -186,6 +186,10 @@ def test_variational_ragged_allocation_and_unseen_classes(parts):
     assert out.distribution.loc.shape == (2, 5, D)
     with pytest.raises(ClapkitError, match="allocation"):
         var(x, z, _step(task=1, seen=5, allocation=torch.tensor([0, 0, 0])))
+    # a task routed no samples is scored once, at its mean
+    out = var(x, z, _step(task=2, seen=8, s=9, allocation=torch.tensor([0, 3, 2])))
+    assert out.sample_mask[:, :3].sum(0).tolist() == [1, 1, 1]
+    torch.testing.assert_close(out.text[0, :, :3], x[:, :3] + out.distribution.loc[:, :3])
 
 
 def test_variational_growth_freezes_old_and_keeps_previous(make, ctx):
