@@ -20,7 +20,10 @@ from typing import Any
 
 import torch
 
+from ..atomic import atomic_write_text
 from ..build import build_component
+from ..build_info import recipe_header
+from ..data.base import require_items_per_class
 from ..errors import ClapkitError, RecipeError
 from ..interfaces import BuildContext
 from ..metrics import AccuracyMatrix
@@ -38,7 +41,7 @@ from .memory import select_exemplars
 from .scenario import Scenario, make_scenario
 from .setup import resolve_device, resolve_out_dir, seed_everything
 from .stage_runner import run_stage
-from .stages import check_stage
+from .stages import check_stage, expand_glob, glob_matches
 from .state import RunState
 from .summary import build_summary, final_metrics, write_summary
 from .task_eval import evaluate_task
@@ -95,6 +98,8 @@ class Trainer:
         # the data before the backbone: a missing dataset is reported before any weights
         # are downloaded (the dataset factories do not need the backbone)
         source = self._build_source(ctx)
+        if r.data.keys.train_split in source.splits():
+            require_items_per_class(source, r.data.keys.train_split)   # empty class: error
         backbone = build_component(r.backbone, ctx)
         ctx.backbone = backbone
         self.scenario: Scenario = make_scenario(r.scenario, len(source.classes), file=r.file)
@@ -120,6 +125,11 @@ class Trainer:
                               num_tasks=sc.num_tasks, select_split=self.data.valid_split,
                               model=self.pipeline)
         self.events = Events(self.host, self.state)
+        backbone_names = [n for n, _ in self.pipeline.named_parameters()
+                          if n.startswith("backbone.")]
+        self.backbone_will_train = any(glob_matches(expand_glob(p, 0), n)
+                                       for s in r.stages for p in s.train
+                                       for n in backbone_names)
 
     def _run(self) -> dict[str, Any]:
         r, info = self.recipe, self.info
@@ -138,9 +148,10 @@ class Trainer:
         self.backbone_trained = False
         if st is not None:
             resume.restore(self, st)
+            self.state.resumed_from = dict(st["position"])
         if info.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "recipe.toml").write_text(r.to_toml(), encoding="utf-8")
+            atomic_write_text(self.out / "recipe.toml", recipe_header() + r.to_toml())
         try:
             self.events.attach_loggers(r, self.ctx)
             self.events.fire("clapkit_run_start")
@@ -294,4 +305,8 @@ class Trainer:
         return picked, collected
 
     def model_state(self) -> dict[str, torch.Tensor]:
-        return ckpt.model_state(self.pipeline, include_backbone=self.backbone_trained)
+        """The weights a checkpoint keeps: the backbone's too once it trained -- and from
+        the start when a later stage will train it, so ``best.pt`` of an earlier epoch
+        restores the backbone it was selected with."""
+        return ckpt.model_state(self.pipeline, include_backbone=self.backbone_trained
+                                or self.backbone_will_train)

@@ -76,3 +76,28 @@ def test_a_prompt_that_changes_the_encoder_keeps_clip_in_eval_and_says_so(tmp_pa
     train_calls = [m for m in modes if m[1]]
     assert train_calls and not any(training for training, _ in train_calls)
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.h5"))
+
+
+def test_best_checkpoint_keeps_the_backbone_a_later_stage_trains(tmp_path):
+    # stage 1 (prompt) reaches 100 % valid UAR, so the selected epoch is before stage 2
+    # trains a backbone tensor: best.pt must hold the backbone as it was then
+    text = es.BASE_RECIPE.replace(
+        'name = "adapter"\ntrain = ["adapters.*"]\nepochs = 2\nlr = 0.01',
+        'name = "adapter"\ntrain = ["backbone.model.visual.proj"]\nepochs = 1\nlr = 0.5')
+    path = es.write_recipe(tmp_path, text)
+    s = run_recipe(path, overrides=es.base_overrides(tmp_path) + [
+        "data.train_counts=[3, 3, 3, 3]", "data.valid_counts=[2, 2, 2, 2]"],
+        out_dir=tmp_path / "o")
+    best = ckpt.load(tmp_path / "o" / "checkpoints" / "best.pt")
+    last = ckpt.load(tmp_path / "o" / "checkpoints" / "last.pt")
+    assert best["position"]["stage"] == 0 and s["best/valid_uar"] == 1.0
+    key = "backbone.model.visual.proj"
+    from clapkit.build import build_component
+    from clapkit.interfaces import BuildContext
+    from clapkit.plugins import get_plugin_host
+    from clapkit.recipe import load_recipe
+    host = get_plugin_host()
+    fresh = build_component(load_recipe(path, host).backbone, BuildContext(host=host))
+    assert torch.equal(best["model"][key], fresh.model.visual.proj.detach())   # as selected
+    assert not torch.equal(last["model"][key], best["model"][key])           # it trained
+    assert s["final/checkpoint"] == "best" and s["final/valid_uar"] == 1.0
