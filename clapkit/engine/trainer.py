@@ -25,6 +25,7 @@ from ..build import build_component
 from ..build_info import recipe_header
 from ..data.base import require_items_per_class
 from ..errors import ClapkitError, RecipeError
+from ..evaluation import fill_data_context
 from ..interfaces import BuildContext
 from ..metrics import AccuracyMatrix
 from ..pipeline import Pipeline, build_pipeline
@@ -104,13 +105,7 @@ class Trainer:
         ctx.backbone = backbone
         self.scenario: Scenario = make_scenario(r.scenario, len(source.classes), file=r.file)
         sc = self.scenario
-        counts = source.class_counts(r.data.keys.train_split) \
-            if r.data.keys.train_split in source.splits() else None
-        ctx.class_names = [source.classes[o] for o in sc.order]
-        ctx.class_counts = [counts[o] for o in sc.order] if counts else None
-        ctx.task_of_class = sc.task_of_class
-        ctx.streams = tuple(source.streams)
-        ctx.num_frames = source.num_frames
+        fill_data_context(ctx, r, source, sc)      # the same as `clapkit eval` and the check
         self.data = RunData(source, r, backbone, info, r.run.seed, self.device)
         self.pipeline: Pipeline = build_pipeline(r, ctx, backbone).to(self.device)
         self.selector = build_component(r.selector, ctx) if r.selector else None
