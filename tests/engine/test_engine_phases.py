@@ -160,9 +160,9 @@ def test_phases_run_in_their_tasks_on_their_data_after_the_memory(tmp_path, monk
                 < marks.index(("stage", t, "balanced")))
     mem_events = [e for e in order.events if e[0] == "memory"]
     assert len(mem_events) == 3
-    labels = [r.label for r in __import__("engine_standins").ColorsSource(
-        __import__("engine_standins").ColorsConfig(num_classes=6, train_counts=[4] * 6,
-                                                   valid_counts=[2] * 6)).refs("train")]
+    source = es.ColorsSource(es.ColorsConfig(num_classes=6, train_counts=[4] * 6,
+                                             valid_counts=[2] * 6))
+    labels = [r.label for r in source.refs("train")]
     for t in range(3):
         memory = list(mem_events[t][2])
         assert items_of[(t, "balanced")] == sorted(memory)              # data = "memory"
