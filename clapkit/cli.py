@@ -122,8 +122,12 @@ def recipe_show(file: Path, overrides: tuple[str, ...]) -> None:
 @click.option("--out", "out_dir", type=click.Path(path_type=Path),
               help="Output folder (default: run.out_dir of the recipe).")
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint in the output.")
-def run_cmd(file: Path, overrides: tuple[str, ...], out_dir: Path | None, resume: bool) -> None:
-    """Train and evaluate the recipe FILE."""
+@click.option("--overwrite", is_flag=True,
+              help="Replace the run already in the output folder (its checkpoints, logs, ...).")
+def run_cmd(file: Path, overrides: tuple[str, ...], out_dir: Path | None, resume: bool,
+            overwrite: bool) -> None:
+    """Train and evaluate the recipe FILE (into a folder no other run holds: continue one
+    with --resume, replace it with --overwrite)."""
     try:
         runner = importlib.import_module("clapkit.engine.runner")
     except ModuleNotFoundError as exc:
@@ -133,7 +137,8 @@ def run_cmd(file: Path, overrides: tuple[str, ...], out_dir: Path | None, resume
         recipe = load_recipe(file, host(), overrides)
         raise NotBuiltYetError(f"{file}: recipe is valid ({len(recipe.components())} "
                                "components) but the training engine is not built yet") from None
-    runner.run_recipe(file, overrides=overrides, out_dir=out_dir, resume=resume, host=host())
+    runner.run_recipe(file, overrides=overrides, out_dir=out_dir, resume=resume,
+                      overwrite=overwrite, host=host())
 
 
 # --- eval, predict, runs ---------------------------------------------------------------------

@@ -23,6 +23,7 @@ from ..errors import ClapkitError
 from ..interfaces import StepContext
 from ..metrics import ClassificationMeter
 from .distributed import DistInfo, all_reduce_sum
+from .guard import check_grad_norm, check_loss
 
 
 # --- AMP ------------------------------------------------------------------------------------
@@ -146,6 +147,7 @@ class StepConfig:
     mix_seed: int = 0
     progress: bool = False
     desc: str = ""
+    where: str = ""                    # "task 0, stage 'prompts', epoch 1/3" for messages
 
 
 def step_context(cfg: StepConfig, epoch: int, label: torch.Tensor | None,
@@ -164,6 +166,23 @@ def step_context(cfg: StepConfig, epoch: int, label: torch.Tensor | None,
 def _bar(loader: Iterable, cfg: StepConfig, info: DistInfo) -> Any:
     return tqdm(loader, desc=cfg.desc, leave=False, dynamic_ncols=True,
                 disable=not cfg.progress or not info.is_main)
+
+
+class TrainStep(nn.Module):
+    """The pipeline's forward, the logits restricted to the seen classes and the losses in
+    *one* forward: wrapped in ``DistributedDataParallel`` it lets DDP see every parameter
+    the loss terms reach -- trainable loss parameters (a learned temperature, ...) would
+    otherwise get rank-local gradients and drift apart across ranks."""
+
+    def __init__(self, pipeline: nn.Module) -> None:
+        super().__init__()
+        self.pipeline = pipeline
+
+    def forward(self, batch: dict[str, Any], epoch: int,
+                seen: int | None) -> tuple[dict[str, Any], torch.Tensor, dict[str, Any]]:
+        outputs = restrict_logits(self.pipeline(batch), seen)
+        total, terms = self.pipeline.compute_losses(outputs, batch, epoch)
+        return outputs, total, terms
 
 
 def train_epoch(model: nn.Module, pipeline: nn.Module, loader: Iterable,
@@ -188,7 +207,7 @@ def train_epoch(model: nn.Module, pipeline: nn.Module, loader: Iterable,
     skipped = 0
     last_lrs = [g["lr"] for g in optimizer.param_groups]
     bar = _bar(loader, cfg, info)
-    for raw in bar:
+    for step_i, raw in enumerate(bar, start=1):
         batch = to_device(raw, cfg.device, cfg.remap)
         batch["epoch"] = epoch
         batch["step"] = step_context(cfg, epoch, batch["label"], training=True)
@@ -197,8 +216,13 @@ def train_epoch(model: nn.Module, pipeline: nn.Module, loader: Iterable,
         if refresh:
             pipeline.refresh_prompts()
         with cfg.amp.autocast():
-            outputs = restrict_logits(model(batch), cfg.seen)
-            total, terms = pipeline.compute_losses(outputs, batch, epoch)
+            if isinstance(getattr(model, "module", model), TrainStep):
+                outputs, total, terms = model(batch, epoch, cfg.seen)
+            else:
+                outputs = restrict_logits(model(batch), cfg.seen)
+                total, terms = pipeline.compute_losses(outputs, batch, epoch)
+        where = f"{cfg.where or cfg.desc}, step {step_i}"
+        check_loss(total, terms, where)          # NaN/inf stops the run before any step
         if total.requires_grad:
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
@@ -208,6 +232,8 @@ def train_epoch(model: nn.Module, pipeline: nn.Module, loader: Iterable,
                 total.backward()
             max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
             norms.append(float(nn.utils.clip_grad_norm_(params, max_norm)))
+            if scaler is None:                   # a scaler skips inf steps by design
+                check_grad_norm(norms[-1], terms, where)
             if scaler is not None:
                 scaler.step(optimizer)
                 scaler.update()

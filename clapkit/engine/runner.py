@@ -8,12 +8,14 @@ after a task), ``memory`` (replay exemplars), ``lifecycle`` (components' task ho
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 from ..plugins import PluginHost, get_plugin_host
 from ..recipe import load_recipe
 from .resume import RESUME_FREE, recipe_differences
+from .run_folder import RunFolder
 from .setup import resolve_device, resolve_out_dir, seed_everything
 from .trainer import Trainer
 
@@ -23,9 +25,24 @@ __all__ = ["RESUME_FREE", "Trainer", "recipe_differences", "resolve_device",
 
 def run_recipe(path: str | Path, *, overrides: list[str] | tuple[str, ...] = (),
                out_dir: str | Path | None = None, resume: bool = False,
-               host: PluginHost | None = None) -> dict[str, Any]:
+               overwrite: bool = False, host: PluginHost | None = None) -> dict[str, Any]:
     """Train and evaluate the recipe at ``path``; returns the run summary (also written to
-    ``<out>/summary.json``). ``resume`` continues from ``<out>/checkpoints/last.pt``."""
+    ``<out>/summary.json``). ``resume`` continues from ``<out>/checkpoints/last.pt``;
+    ``overwrite`` replaces the run in the output folder. The folder is claimed first
+    (:class:`~clapkit.engine.run_folder.RunFolder`: one run at a time, no silent overwrite,
+    torn temporaries swept) by the process that writes it (rank 0)."""
     host = host or get_plugin_host()
     recipe = load_recipe(path, host, overrides)
-    return Trainer(recipe, host, out_dir=out_dir, resume=resume).run()
+    trainer = Trainer(recipe, host, out_dir=out_dir, resume=resume)
+    if not _writes_files():
+        return trainer.run()
+    with RunFolder(trainer.out, resume=resume, overwrite=overwrite):
+        return trainer.run()
+
+
+def _writes_files() -> bool:
+    """Rank 0 (of a running process group, else of the torchrun environment) writes."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return int(os.environ.get("RANK", "0")) == 0

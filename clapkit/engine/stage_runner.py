@@ -12,7 +12,7 @@ import torch
 from ..errors import ClapkitError
 from ..sections import StageConfig
 from .distributed import wrap
-from .loop import make_scaler, train_epoch
+from .loop import TrainStep, make_scaler, train_epoch
 from .resume import save_best, save_last
 from .stages import apply_freezing, build_optimizer, build_scheduler, param_groups, \
     select_parameters
@@ -76,7 +76,7 @@ def run_stage(tr: Any, task: int, s_idx: int, stage: StageConfig, first_epoch: i
         scheduler.load_state_dict(st["scheduler"])
         if scaler is not None and st.get("scaler") is not None:
             scaler.load_state_dict(st["scaler"])
-    model = wrap(pipe, tr.info, tr.device)
+    model = wrap(TrainStep(pipe), tr.info, tr.device)   # losses inside DDP's forward
     tr.state.optimizer = optimizer
     tr.events.fire("clapkit_stage_start", task=task, stage=stage.name,
                    trainable=sorted(params))
@@ -89,7 +89,9 @@ def run_stage(tr: Any, task: int, s_idx: int, stage: StageConfig, first_epoch: i
             loader = tr.data.train_loader(items, epoch=g_epoch, cached=cached,
                                           sampler=stage.sampler)
             cfg = tr.step_cfg(task, f"t{task} {stage.name} {epoch + 1}/{stage.epochs}",
-                              mix_seed=r.run.seed * 1_000_003 + g_epoch)
+                              mix_seed=r.run.seed * 1_000_003 + g_epoch,
+                              where=f"task {task}, stage '{stage.name}', epoch "
+                                    f"{epoch + 1}/{stage.epochs}")
             stats = train_epoch(model, pipe, loader, optimizer, scheduler, scaler, epoch, cfg,
                                 tr.info)
             if pipe.refresh_each_step:

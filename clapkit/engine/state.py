@@ -33,6 +33,9 @@ class RunState:
     global_epoch: int = 0                 # epochs finished in the whole run (x axis of plots)
     select_split: str = "valid"
     summary: dict[str, Any] = attrs.field(factory=dict)
+    #: the checkpoint position a resumed run continues from (None: a fresh run); loggers cut
+    #: what they wrote after it (it is about to be done again)
+    resumed_from: dict[str, Any] | None = None
     #: the pipeline being trained and the current stage's optimizer, for callbacks that
     #: inspect them (read-only by convention; ``None`` before they exist)
     model: Any = attrs.field(default=None, repr=False)
