@@ -143,7 +143,8 @@ def _step_config(prep: Prepared, desc: str) -> Any:
                       num_classes=sc.num_classes,
                       seen=sc.seen(prep.task) if sc.incremental else None,
                       amp=amp_policy(r.run.use_amp, r.run.amp_dtype, prep.device),
-                      progress=r.run.progress, desc=desc)
+                      progress=r.run.progress, desc=desc, task=prep.task,
+                      num_samples=r.run.num_samples)
 
 
 def use_cache(prep: Prepared) -> bool:

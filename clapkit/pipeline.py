@@ -24,6 +24,7 @@ from .build import build_component
 from .errors import ClapkitError
 from .interfaces import (Adapter, Backbone, BuildContext, Component, Head, HeadOutput,
                          ImageInputs, Loss, Prompt, Router, StepContext, TaskView)
+from .shapes import check_shape
 from .recipe import ComponentSpec, Recipe
 from .sections import LossKeys
 
@@ -53,6 +54,8 @@ class Pipeline(nn.Module):
         self.head_view = head_view
         self.streams = tuple(streams)
         self.num_samples = num_samples
+        #: section -> plugin name, for messages (set by build_pipeline)
+        self.plugin_of: dict[str, str] = {}
         self.register_buffer("task_of_class", torch.as_tensor(task_of_class, dtype=torch.long),
                              persistent=False)
         encoders = [n for n, p in self.prompts.items() if p.changes_image_encoder]
@@ -154,7 +157,8 @@ class Pipeline(nn.Module):
     def visual(self, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor,
                                                                  dict[str, torch.Tensor]]:
         """Image adapters, video adapters and fusion: ``{s: [B,T,D]} -> z [B,D]``."""
-        return visual_forward(self.adapters, self.adapter_places, self.streams, features)
+        return visual_forward(self.adapters, self.adapter_places, self.streams, features,
+                              self.plugin_of)
 
     def visual_encoder_modules(self) -> nn.Module:
         """A module ``features {s: [B,T,D]} -> z`` over the visual adapters only (shared
@@ -176,12 +180,19 @@ class Pipeline(nn.Module):
             features = self.encode_frames(batch["streams"])
         raw = {s: f.mean(1) for s, f in features.items()}
         z, stream_z = self.visual(features)
+        b = z.shape[0]
+        n_cls = int(self.task_of_class.numel())
+        d = ("D", int(z.shape[-1]))
+        # all classes, or (a component that builds only the seen ones) the seen classes
+        cs = [("C", n) for n in sorted({n_cls, step.seen(n_cls)}, reverse=True)]
         views: dict[str, torch.Tensor] = {}
         aux: dict[str, torch.Tensor] = {}
         image = ImageInputs(z=z, raw=raw)
         for name, prompt in self.prompts.items():
             po = prompt(image if prompt.needs_image_features else None, step)
-            views[name] = po.text
+            views[name] = self._check(po.text, [*([c, d] for c in cs),
+                                                *([("B", b), c, d] for c in cs)],
+                                      f"prompts.{name}", "text features")
             aux.update(_published(name, prompt, po.aux))
         text = views[self.head_view]
         distributions = {}
@@ -192,7 +203,10 @@ class Pipeline(nn.Module):
                 step = attrs.evolve(step, allocation=self.router(z, step))
             for name, ta in text_adapters:
                 res = ta(text, z, step)
-                text = res.text
+                text = self._check(res.text, [*([c, d] for c in cs),
+                                              *([("B", None), c, d] for c in cs),
+                                              *([("S", None), ("B", None), c, d] for c in cs)],
+                                   f"adapters.{name}", "adapted text")
                 if res.sample_mask is not None:
                     sample_mask = res.sample_mask
                 if res.distribution is not None:
@@ -202,6 +216,10 @@ class Pipeline(nn.Module):
                 if queries is not None:
                     step = attrs.evolve(step, queries=queries)
         head_out = self.head(z, text, views)
+        self._check(head_out.logits, [[("B", b), c] for c in cs], "head", "logits")
+        if head_out.sample_logits is not None:
+            self._check(head_out.sample_logits, [[("S", None), ("B", b), c] for c in cs],
+                        "head", "sample_logits")
         if (sample_mask is not None and head_out.sample_mask is None
                 and head_out.sample_logits is not None):
             # ragged samples: average only the real ones (the head saw padded text)
@@ -210,6 +228,10 @@ class Pipeline(nn.Module):
                 "sample_mask": head_out.sample_mask, "z": z, "stream_z": stream_z,
                 "features": features, "raw": raw, "views": views, "text": text, "aux": aux,
                 "distributions": distributions, "step": step}
+
+    def _check(self, value: Any, want: Any, section: str, what: str) -> Any:
+        return check_shape(value, want, section=section,
+                           plugin=self.plugin_of.get(section, section), what=what)
 
     def refresh_prompts(self) -> None:
         """Recompute what prompt styles derived from the text tower (after it trained)."""
@@ -270,20 +292,42 @@ def output(outputs: dict[str, Any], name: str) -> Any:
 
 
 def visual_forward(adapters: nn.ModuleDict, places: dict[str, str], streams: tuple[str, ...],
-                   features: dict[str, torch.Tensor]) -> tuple[torch.Tensor,
-                                                                dict[str, torch.Tensor]]:
+                   features: dict[str, torch.Tensor], plugins: dict[str, str] | None = None
+                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Image adapters, video adapters and fusion; each output is checked at its boundary
+    (:func:`clapkit.shapes.check_shape`; ``plugins`` maps sections such as
+    ``adapters.temporal`` to plugin names for the message)."""
+    plugins = plugins or {}
+
+    def chk(value: torch.Tensor, want: tuple, name: str, what: str) -> torch.Tensor:
+        section = f"adapters.{name}"
+        return check_shape(value, want, section=section, plugin=plugins.get(section, name),
+                           what=what)
+
     feats = dict(features)
     for name, mod in adapters.items():
         if places[name] == "image":
             for s, m in mod.items():
-                feats[s] = m(feats[s])
-    video = [mod for name, mod in adapters.items() if places[name] == "video"]
+                b, t, d = feats[s].shape
+                feats[s] = chk(m(feats[s]), (("B", b), ("T", t), ("D", d)), name,
+                               f"image adapter output (stream '{s}')")
+    video = [(name, mod) for name, mod in adapters.items() if places[name] == "video"]
     stream_z: dict[str, torch.Tensor] = {}
     for s in streams:
-        owner = next((mod[s] for mod in video if s in mod), None)
-        stream_z[s] = owner(feats[s]) if owner is not None else feats[s].mean(1)
-    fusion = [mod for name, mod in adapters.items() if places[name] == "fusion"]
-    z = fusion[0](stream_z) if fusion else stream_z[streams[0]]
+        owner = next(((name, mod[s]) for name, mod in video if s in mod), None)
+        if owner is not None:
+            b, _, d = feats[s].shape
+            stream_z[s] = chk(owner[1](feats[s]), (("B", b), ("D", d)), owner[0],
+                              f"video adapter output (stream '{s}')")
+        else:
+            stream_z[s] = feats[s].mean(1)
+    fusion = [(name, mod) for name, mod in adapters.items() if places[name] == "fusion"]
+    if fusion:
+        b = next(iter(stream_z.values())).shape[0]
+        z = chk(fusion[0][1](stream_z), (("B", b), ("D", None)), fusion[0][0],
+                "fusion output z")
+    else:
+        z = stream_z[streams[0]]
     return z, stream_z
 
 
@@ -345,6 +389,7 @@ def build_pipeline(recipe: Recipe, ctx: BuildContext, backbone: Backbone | None 
                     streams=ctx.streams, router=router,
                     task_of_class=ctx.task_of_class or [0] * ctx.num_classes,
                     num_samples=recipe.run.num_samples)
+    pipe.plugin_of = {s.section: s.plugin for s in recipe.components()}
     _check_loss_needs(recipe.losses, losses, pipe.available_outputs())
     for loss in losses.values():
         loss.bind(pipe)
