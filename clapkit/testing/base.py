@@ -116,7 +116,7 @@ class Contract:
                     continue
                 try:
                     obj = self.make_from_config(entry, contract_ctx, cfg)
-                    self.exercise(obj, contract_ctx)
+                    self.exercise(entry, obj, contract_ctx)
                 except ClapkitError as exc:
                     assert f.name in str(exc), (f"{who(entry)}: the error for {f.name} = "
                                                 f"{value} does not name the option: {exc}")
@@ -136,7 +136,7 @@ class Contract:
         local = attrs.evolve(ctx, section=f"{entry.kind}.{entry.name}")
         return entry.factory(cfg, local)
 
-    def exercise(self, obj: Any, ctx) -> None:
+    def exercise(self, entry, obj: Any, ctx) -> None:
         """Use a freshly built component once (after an option change)."""
 
 
@@ -200,7 +200,7 @@ class ModuleContract(Contract):
         m = C.build(entry, ctx, **changes)
         return C.grow(m) if grow and isinstance(m, Component) else m
 
-    def exercise(self, obj: Any, ctx) -> None:
+    def exercise(self, entry, obj: Any, ctx) -> None:
         if isinstance(obj, Component):
             C.grow(obj)
         self.run(obj.eval(), ctx)

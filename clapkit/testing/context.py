@@ -151,9 +151,10 @@ def example_outputs(ctx: BuildContext, needs: tuple[str, ...] = (), batch: int =
 def selection_inputs(ctx: BuildContext, per_class: tuple[int, ...] = (10, 3, 7),
                      samples: int | None = S, ragged: bool = True,
                      index_offset: int = 1000) -> SelectionInputs:
-    """Candidates as the engine's memory update passes them: logits of the seen classes only
-    ``[N,C_seen]``, per-item samples ``[S,N,C_seen]`` with a ragged ``sample_mask``, and
-    train-split indices that are *not* positions (a selector must return positions)."""
+    """Candidates as the engine's memory update passes them (``engine/memory.py``): logits of
+    the seen classes only ``[N,C_seen]``, per-item samples ``[S,N,C_seen]`` with a ragged
+    ``sample_mask`` ``[S,N,C_seen]`` (the last class got one sample fewer), and train-split
+    indices that are *not* positions (a selector must return positions)."""
     g = torch.Generator().manual_seed(0)
     labels = torch.repeat_interleave(torch.arange(len(per_class)), torch.tensor(per_class))
     n, c = len(labels), len(per_class)
@@ -161,8 +162,8 @@ def selection_inputs(ctx: BuildContext, per_class: tuple[int, ...] = (10, 3, 7),
     if samples:
         sample_logits = torch.randn(samples, n, c, generator=g)
         if ragged:
-            mask = torch.ones(samples, n, dtype=torch.bool)
-            mask[samples - 1, : n // 2] = False
+            mask = torch.ones(samples, n, c, dtype=torch.bool)
+            mask[samples - 1, :, c - 1] = False
     return SelectionInputs(features=torch.randn(n, ctx.embed_dim, generator=g), labels=labels,
                            logits=torch.randn(n, c, generator=g), sample_logits=sample_logits,
                            sample_mask=mask, index=torch.arange(n) + index_offset)

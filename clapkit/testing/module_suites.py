@@ -292,6 +292,11 @@ class LossContract(ModuleContract):
         m._contract_examples = entry.meta.get("example_outputs")
         return m
 
+    def exercise(self, entry, obj, ctx) -> None:
+        obj.bind(_TinyPipeline(ctx))
+        obj._contract_examples = entry.meta.get("example_outputs")
+        super().exercise(entry, obj, ctx)
+
     def inputs(self, m, ctx, g):
         return _loss_inputs(m, ctx)
 

@@ -24,7 +24,7 @@ class SelectorContract(Contract):
 
     kind = "selector"
 
-    def exercise(self, obj: Any, ctx) -> None:
+    def exercise(self, entry, obj: Any, ctx) -> None:
         obj.select(C.selection_inputs(ctx), 9)
 
     def _check(self, entry, idx: torch.Tensor, inputs, budget: int) -> None:
@@ -65,7 +65,7 @@ class SelectorContract(Contract):
 class DatasetContract(Contract):
     kind = "dataset"
 
-    def exercise(self, obj: Any, ctx) -> None:
+    def exercise(self, entry, obj: Any, ctx) -> None:
         ref = obj.refs(obj.splits()[0])[0]
         obj.load(ref, False, random.Random(0))
 
