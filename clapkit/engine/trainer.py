@@ -264,8 +264,11 @@ class Trainer:
                 raise RecipeError(self.recipe.file, "cache.enabled",
                                   f"cache.enabled = \"on\" but stage '{stage_name}': {why}, so "
                                   "its image features cannot come from the cache (use \"auto\")")
-            log.warning("stage '%s': image features are computed from pixels, not read from "
-                        "the cache: %s", stage_name, why)
+            # a prompt that changes the encoder is easy to miss in a recipe: said out loud
+            # (once per stage); a stage training the encoder asked for it by name
+            level = logging.WARNING if pipe.changes_image_encoder else logging.INFO
+            log.log(level, "stage '%s': image features are computed from pixels, not read "
+                    "from the cache: %s", stage_name, why)
             return False
         return True
 
