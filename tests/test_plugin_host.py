@@ -251,3 +251,20 @@ def test_clapkit_plugins_lists_failed_plugins_with_location(tmp_path, monkeypatc
         assert "1 plugin(s) failed to load" in out
         assert f"listed_bad (" in out and f"{path}:1" in out and "SyntaxError" in out
         assert ("Traceback" in out) is tb
+
+
+def test_recipe_plugin_import_error_is_one_line_and_debug_shows_the_cause(
+        tmp_path, monkeypatch, minimal_recipe, fake_host, capsys):
+    from clapkit import cli as cli_mod
+    path = _write_module(tmp_path, monkeypatch, "recipe_bad_zz", "x = 1\nraise_here(\n")
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('plugins = ["recipe_bad_zz"]\n' + minimal_recipe.read_text())
+    monkeypatch.setattr(cli_mod, "_host", fake_host)
+    with pytest.raises(SystemExit) as ex:
+        cli_mod.main(["recipe", "check", str(recipe)])     # plugins load before any build
+    err = capsys.readouterr().err
+    assert ex.value.code == 2 and len(err.strip().splitlines()) == 1
+    assert "r.toml" in err and f"{path}:2" in err and "SyntaxError" in err
+    with pytest.raises(ClapkitError) as exc:
+        cli_mod.main(["--debug", "recipe", "check", str(recipe)])
+    assert isinstance(exc.value.__cause__, SyntaxError)
