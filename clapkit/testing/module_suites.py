@@ -39,7 +39,8 @@ class BackboneContract(ModuleContract):
         img, txt, scale = out
         expect_shape(entry, "encode_image output", img, (2, m.embed_dim))
         expect_shape(entry, "encode_text output", txt, (2, m.embed_dim))
-        assert scale.numel() == 1 and float(scale) > 0, f"{who(entry)}: logit_scale {scale}"
+        assert scale.numel() == 1 and float(scale.detach()) > 0, \
+            f"{who(entry)}: logit_scale {scale}"
 
     def test_transforms_make_model_input(self, entry, contract_ctx):
         from PIL import Image
