@@ -66,10 +66,11 @@ def test_ensure_demo_uses_the_host_registry(toy_host, tmp_path):
 def test_builtin_generators_are_registered_by_their_dataset_plugins():
     from clapkit.plugins import get_plugin_host
     demos = {e.name: e for e in get_plugin_host(autoload_third_party=False).registries["demo"]}
-    assert {"caer", "incremental"} <= set(demos)
-    assert demos["caer"].meta["dataset"] == "caer"
-    assert demos["incremental"].meta["dataset"] == "cifar100"
-    assert demos["caer"].provider == "clapkit"
+    reads = {"caer": "caer", "incremental": "cifar100", "caer_s": "caer_s", "raer": "raer",
+             "daisee": "daisee", "imagefolder": "imagefolder", "imagenet_r": "imagenet_r"}
+    assert set(reads) <= set(demos)
+    for kind, dataset in reads.items():
+        assert demos[kind].meta["dataset"] == dataset and demos[kind].provider == "clapkit"
 
 
 def test_core_holds_no_concrete_demo_generator():

@@ -24,7 +24,7 @@ from clapkit.data.list_source import ListClipSource
 from clapkit.data.sources import ClipConfig
 from clapkit.interfaces import BuildContext
 
-from .demo_layouts import as_caer_s
+from .demo_layouts import CAER_S_DEMO, as_caer_s
 
 CLASSES = ["Angry", "Disgust", "Fear", "Happy", "Neutral", "Sad", "Surprise"]
 OBTAIN = ("https://caer-dataset.github.io (CAER-S, Lee et al., 'Context-Aware Emotion "
@@ -75,3 +75,5 @@ def test_options(ctx: BuildContext) -> dict:
 @hookimpl
 def clapkit_register(registrar):
     registrar.add("dataset", "caer_s", build, config=CaerSConfig, test_options=test_options)
+    CAER_S_DEMO.register(registrar, "CAER-S-layout stills, the last frame of each generated "
+                         "CAER clip (read by caer_s)")

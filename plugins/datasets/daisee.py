@@ -29,7 +29,7 @@ from clapkit.data.video import VIDEO_EXTENSIONS, list_frames
 from clapkit.errors import ClapkitError
 from clapkit.interfaces import BuildContext
 
-from .demo_layouts import as_daisee
+from .demo_layouts import DAISEE_DEMO, as_daisee
 
 log = logging.getLogger("clapkit.data")
 
@@ -152,3 +152,5 @@ def test_options(ctx: BuildContext) -> dict:
 @hookimpl
 def clapkit_register(registrar):
     registrar.add("dataset", "daisee", build, config=DaiseeConfig, test_options=test_options)
+    DAISEE_DEMO.register(registrar, "DAiSEE-layout clips with four engagement levels, from the "
+                         "generated CAER clips (read by daisee)")

@@ -11,11 +11,13 @@ from __future__ import annotations
 import json
 import pickle
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from clapkit.data.demo import DemoMaker
 from clapkit.data.video import list_frames, read_clip
 
 from .demo_caer import CAER_CLASSES, CAER_DEMO
@@ -34,6 +36,30 @@ def _finish(out: Path) -> Path:
     return out
 
 
+def _tiny(work: Path, name: str, source: DemoMaker, source_name: str,
+          write: Callable[[Path, Path], Path]) -> Path:
+    out = work / name
+    if _done(out):
+        return out
+    write(source.ensure(work / source_name, tiny=True), out)
+    return _finish(out)
+
+
+def converted(kind: str, source: DemoMaker, write: Callable[[Path, Path], Path],
+              dataset: str) -> DemoMaker:
+    """A generator for ``clapkit data make-demo --kind KIND``: the ``source`` demo re-filed
+    by ``write(demo, out)`` into another dataset's layout (the source is made inside the
+    unpublished folder and removed)."""
+    def make(out: Path, seed: int, tiny: bool) -> None:
+        src = out / ".source"
+        src.mkdir()
+        source.make(src, seed, tiny)
+        write(src, out)
+        shutil.rmtree(src)
+
+    return DemoMaker(kind=kind, make=make, version=source.version, dataset=dataset)
+
+
 def _demo_clips(demo: Path) -> list[tuple[str, int, int, list[int]]]:
     """(relative clip path, frames, label, box) of every clip of a CAER demo."""
     boxes = json.loads((demo / "caer_video_annotations" / "caer_video_faces.json").read_text())
@@ -46,12 +72,8 @@ def _demo_clips(demo: Path) -> list[tuple[str, int, int, list[int]]]:
     return out
 
 
-def as_caer_s(work: Path) -> Path:
+def write_caer_s(demo: Path, out: Path) -> Path:
     """CAER-S layout: the last frame of each tiny demo clip as ``train/<Class>/<id>.png``."""
-    out = work / "caer-s-tiny"
-    if _done(out):
-        return out
-    demo = CAER_DEMO.ensure(work / "demo-caer-tiny", tiny=True)
     ann = out / "CAER-S" / "annotations"
     ann.mkdir(parents=True, exist_ok=True)
     lines, faces = [], {}
@@ -66,16 +88,17 @@ def as_caer_s(work: Path) -> Path:
         faces[img] = box
     (ann / "train.txt").write_text("\n".join(lines) + "\n")
     (ann / "caer_s_faces.json").write_text(json.dumps(faces))
-    return _finish(out)
+    return out
 
 
-def as_raer(work: Path) -> Path:
+def as_caer_s(work: Path) -> Path:
+    """The tiny caer_s tree under ``work`` (made once)."""
+    return _tiny(work, "caer-s-tiny", CAER_DEMO, "demo-caer-tiny", write_caer_s)
+
+
+def write_raer(demo: Path, out: Path) -> Path:
     """RAER layout: frame folders ``RAER/images/<scene>/<clip>/1.jpg...`` (unpadded names),
     1-based labels, per-frame face boxes and one body box per clip."""
-    out = work / "raer-tiny"
-    if _done(out):
-        return out
-    demo = CAER_DEMO.ensure(work / "demo-caer-tiny", tiny=True)
     (out / "RAER" / "annotation").mkdir(parents=True, exist_ok=True)
     (out / "RAER" / "bounding_box").mkdir(parents=True, exist_ok=True)
     lines: dict[str, list[str]] = {"train": [], "test": []}
@@ -96,16 +119,17 @@ def as_raer(work: Path) -> Path:
         (out / "RAER" / "annotation" / f"{split}.txt").write_text("\n".join(ls) + "\n")
     (out / "RAER" / "bounding_box" / "face.json").write_text(json.dumps(face))
     (out / "RAER" / "bounding_box" / "body.json").write_text(json.dumps(body))
-    return _finish(out)
+    return out
 
 
-def as_daisee(work: Path) -> Path:
+def as_raer(work: Path) -> Path:
+    """The tiny raer tree under ``work`` (made once)."""
+    return _tiny(work, "raer-tiny", CAER_DEMO, "demo-caer-tiny", write_raer)
+
+
+def write_daisee(demo: Path, out: Path) -> Path:
     """DAiSEE layout: ``DataSet/<Split>/<user>/<clip>/<clip>.avi`` (validation clips as frame
     folders) and ``Labels/<Split>Labels.csv`` with ``ClipID`` and the four levels."""
-    out = work / "daisee-tiny"
-    if _done(out):
-        return out
-    demo = CAER_DEMO.ensure(work / "demo-caer-tiny", tiny=True)
     (out / "Labels").mkdir(parents=True, exist_ok=True)
     rows: dict[str, list[str]] = {"Train": [], "Validation": []}
     for i, (rel, _, label, _box) in enumerate(_demo_clips(demo)):
@@ -125,7 +149,12 @@ def as_daisee(work: Path) -> Path:
     for split, rs in rows.items():
         (out / "Labels" / f"{split}Labels.csv").write_text(
             "ClipID,Boredom,Engagement,Confusion,Frustration \n" + "\n".join(rs) + "\n")
-    return _finish(out)
+    return out
+
+
+def as_daisee(work: Path) -> Path:
+    """The tiny daisee tree under ``work`` (made once)."""
+    return _tiny(work, "daisee-tiny", CAER_DEMO, "demo-caer-tiny", write_daisee)
 
 
 def _incremental_arrays(demo: Path, split: str) -> tuple[np.ndarray, list[int], list[str]]:
@@ -138,29 +167,26 @@ def _incremental_arrays(demo: Path, split: str) -> tuple[np.ndarray, list[int], 
     return x, list(d[b"fine_labels"]), names
 
 
-def as_imagefolder(work: Path) -> Path:
+def write_imagefolder(demo: Path, out: Path) -> Path:
     """ImageFolder layout ``<split>/<class>/<n>.png`` from the tiny incremental demo."""
-    out = work / "imagefolder-tiny"
-    if _done(out):
-        return out
-    demo = INCREMENTAL_DEMO.ensure(work / "demo-inc-tiny", tiny=True)
     for split in ("train", "test"):
         x, y, names = _incremental_arrays(demo, split)
         for i, (img, lab) in enumerate(zip(x, y)):
             d = out / split / names[lab].replace(" ", "_")
             d.mkdir(parents=True, exist_ok=True)
             Image.fromarray(img).save(d / f"{i:05d}.png")
-    return _finish(out)
+    return out
 
 
-def as_imagenet_r(work: Path) -> Path:
+def as_imagefolder(work: Path) -> Path:
+    """The tiny imagefolder tree under ``work`` (made once)."""
+    return _tiny(work, "imagefolder-tiny", INCREMENTAL_DEMO, "demo-inc-tiny", write_imagefolder)
+
+
+def write_imagenet_r(demo: Path, out: Path) -> Path:
     """ImageNet-R layout ``imagenet-r/<wnid>/<style>_<n>.jpg`` with CLAP4CLIP-style split
     lists ``imagenet_split/imagenetr_{train,test}.txt`` (``train/<wnid>/<file> <label>``)
     and a README listing ``<wnid> <name>``."""
-    out = work / "imagenet-r-tiny"
-    if _done(out):
-        return out
-    demo = INCREMENTAL_DEMO.ensure(work / "demo-inc-tiny", tiny=True)
     base = out / "imagenet-r"
     (out / "imagenet_split").mkdir(parents=True, exist_ok=True)
     readme = []
@@ -176,4 +202,17 @@ def as_imagenet_r(work: Path) -> Path:
             readme.append(f"{wnid} {names[lab]}")
         (out / "imagenet_split" / f"imagenetr_{split}.txt").write_text("\n".join(lines) + "\n")
     (base / "README.txt").write_text("\n".join(sorted(set(readme))) + "\n")
-    return _finish(out)
+    return out
+
+
+def as_imagenet_r(work: Path) -> Path:
+    """The tiny imagenet_r tree under ``work`` (made once)."""
+    return _tiny(work, "imagenet-r-tiny", INCREMENTAL_DEMO, "demo-inc-tiny", write_imagenet_r)
+
+
+# generators for `clapkit data make-demo --kind ...`, registered by their dataset plugins
+CAER_S_DEMO = converted("caer_s", CAER_DEMO, write_caer_s, "caer_s")
+RAER_DEMO = converted("raer", CAER_DEMO, write_raer, "raer")
+DAISEE_DEMO = converted("daisee", CAER_DEMO, write_daisee, "daisee")
+IMAGEFOLDER_DEMO = converted("imagefolder", INCREMENTAL_DEMO, write_imagefolder, "imagefolder")
+IMAGENET_R_DEMO = converted("imagenet_r", INCREMENTAL_DEMO, write_imagenet_r, "imagenet_r")

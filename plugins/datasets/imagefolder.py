@@ -18,7 +18,7 @@ from clapkit.data.video import IMAGE_EXTENSIONS, natural_key
 from clapkit.errors import ClapkitError
 from clapkit.interfaces import BuildContext
 
-from .demo_layouts import as_imagefolder
+from .demo_layouts import IMAGEFOLDER_DEMO, as_imagefolder
 
 
 def _default_splits() -> dict[str, str]:
@@ -92,3 +92,5 @@ def test_options(ctx: BuildContext) -> dict:
 def clapkit_register(registrar):
     registrar.add("dataset", "imagefolder", build, config=ImageFolderConfig,
                   test_options=test_options)
+    IMAGEFOLDER_DEMO.register(registrar, "the 20-class shapes as <split>/<class>/<n>.png "
+                              "(read by imagefolder)")

@@ -25,7 +25,7 @@ from clapkit.data.video import IMAGE_EXTENSIONS, natural_key
 from clapkit.errors import ClapkitError
 from clapkit.interfaces import BuildContext
 
-from .demo_layouts import as_imagenet_r
+from .demo_layouts import IMAGENET_R_DEMO, as_imagenet_r
 
 OBTAIN = ("https://github.com/hendrycks/imagenet-r (Hendrycks et al., 'The Many Faces of "
           "Robustness', ICCV 2021); split lists: https://github.com/srvCodes/clap4clip "
@@ -137,3 +137,5 @@ def test_options(ctx: BuildContext) -> dict:
 def clapkit_register(registrar):
     registrar.add("dataset", "imagenet_r", build, config=ImagenetRConfig,
                   test_options=test_options)
+    IMAGENET_R_DEMO.register(registrar, "the 20-class shapes in the ImageNet-R layout with split "
+                             "lists (read by imagenet_r)")

@@ -24,7 +24,7 @@ from clapkit.data.list_source import ListClipSource
 from clapkit.data.sources import ClipConfig
 from clapkit.interfaces import BuildContext
 
-from .demo_layouts import as_raer
+from .demo_layouts import RAER_DEMO, as_raer
 
 CLASSES = ["Neutrality", "Enjoyment", "Confusion", "Fatigue", "Distraction"]
 OBTAIN = ("the RAER release of Zhao et al., 'Context-Aware Academic Emotion Dataset and "
@@ -70,3 +70,5 @@ def test_options(ctx: BuildContext) -> dict:
 @hookimpl
 def clapkit_register(registrar):
     registrar.add("dataset", "raer", build, config=RaerConfig, test_options=test_options)
+    RAER_DEMO.register(registrar, "RAER-layout frame folders with per-frame face boxes, from "
+                       "the generated CAER clips (read by raer)")

@@ -41,10 +41,28 @@ def test_missing_caer_names_layout_key_and_the_demo_folder_make_demo_writes(tmp_
 
 
 @pytest.mark.parametrize("plugin", ["daisee", "raer"])
-def test_no_make_demo_hint_for_layouts_it_cannot_generate(plugin, tmp_path):
+def test_layouts_converted_from_the_caer_demo_get_their_own_kind(plugin, tmp_path,
+                                                                  monkeypatch):
+    monkeypatch.chdir(tmp_path)
     msg = _build_error(plugin, tmp_path / "nowhere")
-    assert "make-demo" not in msg
-    assert "Expected layout under data.root:" in msg and "--set data.root=" in msg
+    assert f"make-demo --kind {plugin}` writes" in msg
+    with pytest.raises(SystemExit) as code:
+        main(["data", "make-demo", "--kind", plugin])
+    assert code.value.code == 0
+    host = get_plugin_host()
+    entry = host.registries["dataset"].get(plugin)
+    src = entry.factory(entry.config_cls(root=str(tmp_path / ".clapkit_demo" / plugin)),
+                        BuildContext(host=host))
+    assert all(src.refs(split) for split in src.splits())
+
+
+def test_no_make_demo_hint_for_layouts_it_cannot_generate(tmp_path):
+    from clapkit.data.layout import demo_hint
+    assert demo_hint("no_generator_for_this_zz") is None
+    with pytest.raises(ClapkitError) as err:
+        dataset_root(tmp_path / "nowhere", "no_generator_for_this_zz", "somewhere",
+                     layout="tree/")
+    assert "make-demo" not in str(err.value) and "--set data.root=" in str(err.value)
 
 
 def test_layout_block_is_read_from_the_plugin_docstring():
