@@ -14,6 +14,8 @@ import hashlib
 import json
 import logging
 import os
+import pickle
+import re
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -187,6 +189,12 @@ class OpenClipBackbone(Backbone):
                 model, train_tf, eval_tf = open_clip.create_model_and_transforms(
                     _name(cfg), pretrained=value, precision=cfg.precision,
                     cache_dir=cfg.cache_dir)
+            except pickle.UnpicklingError as exc:     # torch.load(weights_only=True) refused it
+                found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+                raise ClapkitError(f"checkpoint {value} refused: it holds Python objects other "
+                                   "than tensors and plain data"
+                                   f"{f' ({found.group(1)})' if found else ''}; a checkpoint "
+                                   "is never allowed to run code") from None
             except (RuntimeError, OSError, ValueError, KeyError) as exc:
                 what = f"checkpoint {value}" if kind == "file" else f"pretrained '{value}'"
                 raise ClapkitError(f"open_clip could not build '{cfg.model}' with {what}: "

@@ -103,3 +103,14 @@ def test_older_or_foreign_files_are_one_line_errors(tmp_path):
     with pytest.raises(ClapkitError) as err:
         ckpt.load(p)
     assert "\n" not in str(err.value)
+
+
+def test_a_crafted_backbone_checkpoint_does_not_run_either(tmp_path):
+    from clapkit_plugins.backbones.open_clip import TINY_MODEL, OpenClipBackbone, OpenClipConfig
+    marker = tmp_path / "PWNED"
+    path = tmp_path / "weights.pt"
+    torch.save({"state_dict": {}, "x": Payload(marker)}, path)
+    with pytest.raises(ClapkitError) as err:
+        OpenClipBackbone(OpenClipConfig(model=TINY_MODEL, pretrained=str(path)))
+    assert not marker.exists()
+    assert "refused" in str(err.value) and "\n" not in str(err.value)
