@@ -75,7 +75,8 @@ class IECHead(Head):
     def forward(self, z, text, views=None) -> HeadOutput:
         scale = self.scale()
         mixed = instance_enhanced(self._anchor(text, views), z, self.lambda_slerp)
-        logits = cosine_logits(z, mixed) * scale
+        # slerp runs in float32; back to z's dtype (a bfloat16 module, autocast) for the dots
+        logits = cosine_logits(z, mixed.to(z.dtype)) * scale
         if self.text_weight > 0.0:
             logits = ((1.0 - self.text_weight) * logits
                       + self.text_weight * (cosine_logits(z, text) * scale))
