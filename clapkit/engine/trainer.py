@@ -105,6 +105,11 @@ class Trainer:
         ctx.backbone = backbone
         self.scenario: Scenario = make_scenario(r.scenario, len(source.classes), file=r.file)
         sc = self.scenario
+        for i, s in enumerate(r.stages):
+            if not any(s.runs_in(t) for t in range(sc.num_tasks)):
+                raise RecipeError(r.file, f"stages[{i}].tasks",
+                                  f"stage '{s.name}' runs in no task: tasks = \"{s.tasks}\" "
+                                  f"but the scenario has {sc.num_tasks} task(s) (0-based)")
         fill_data_context(ctx, r, source, sc)      # the same as `clapkit eval` and the check
         self.data = RunData(source, r, backbone, info, r.run.seed, self.device)
         self.pipeline: Pipeline = build_pipeline(r, ctx, backbone).to(self.device)

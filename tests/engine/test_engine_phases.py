@@ -218,3 +218,9 @@ def test_resume_inside_an_after_memory_stage(tmp_path, monkeypatch):
     assert a["memory"] == b["memory"] and a["task_memory"] == b["task_memory"]
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+def test_a_stage_that_runs_in_no_task_is_an_error(tmp_path):
+    path = es.write_recipe(tmp_path, PHASES.replace('tasks = "later"', 'tasks = "from:3"'))
+    with pytest.raises(ClapkitError, match=r"stages\[1\]\.tasks.*runs in no task.*3 task"):
+        run_recipe(path, overrides=es.base_overrides(tmp_path), out_dir=tmp_path / "o")
