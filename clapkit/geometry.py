@@ -11,24 +11,60 @@ import math
 import torch
 import torch.nn.functional as F
 
+class _SharedTextCosine(torch.autograd.Function):
+    """``cos(z_b, t_n)`` for unit ``z [B,D]`` and rows ``t [N,D]`` -> ``[N,B]``, with a fused
+    backward: ``dL/dt_n = (sum_b g_nb z_b - (sum_b g_nb cos_nb) t_n / |t_n|) / |t_n|`` is one
+    ``addmm`` onto one scaled copy of ``t``, where autograd of ``dots / norm`` makes four
+    passes over the ``[N,D]`` rows (the samples of a Monte-Carlo head are the largest tensor
+    of a CLAP4CLIP step). Not twice differentiable."""
+
+    @staticmethod
+    def forward(ctx, zn: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        if rows.dtype != zn.dtype:                           # as einsum would: one dtype
+            work = torch.promote_types(rows.dtype, zn.dtype)
+            zn, rows = zn.to(work), rows.to(work)
+        norm = torch.linalg.vector_norm(rows, dim=-1, keepdim=True)
+        inv = norm.clamp_min(1e-12).reciprocal()            # F.normalize's eps
+        cos = (rows @ zn.t()) * inv                          # [N,B]
+        ctx.save_for_backward(zn, rows, inv, cos, norm > 1e-12)
+        return cos
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        zn, rows, inv, cos, live = ctx.saved_tensors
+        gd = g * inv                                         # [N,B] d/d(dots)
+        work = gd.dtype                                      # autocast: rows may be half
+        g_z = (gd.t() @ rows.to(work)).to(zn.dtype) if ctx.needs_input_grad[0] else None
+        g_rows = None
+        if ctx.needs_input_grad[1]:
+            # below the clamp the norm is a constant: only the dots term remains
+            coef = (g * cos).sum(-1, keepdim=True) * (inv * inv * live)
+            g_rows = torch.addmm(rows.to(work) * -coef, gd, zn.to(work)).to(rows.dtype)
+        return g_z, g_rows
+
+
 def cosine_logits(z: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
     """cos(z_b, t_c): text ``[C,D]`` -> ``[B,C]``, ``[B,C,D]`` -> ``[B,C]``,
-    ``[S,B,C,D]`` -> ``[S,B,C]``.
+    ``[S,B,C,D]`` -> ``[S,B,C]``; a batch dim of 1 broadcasts (``[S,1,C,D]`` -> ``[S,B,C]``).
 
-    Text that is a batch-broadcast view (``expand`` over B, stride 0: the same class features
-    for every item) is normalised once per class instead of once per item, so an
-    ``[S,B,C,D]`` view never materialises ``S*B*C*D`` values.
+    Text with more than one row per class (Monte-Carlo samples, per-item text) is not
+    normalised: the dot products are divided by the text norms (clamped at 1e-12 as
+    ``F.normalize`` does), the same values without an extra ``[...,C,D]`` tensor and its
+    backward passes. Text shared by the batch (batch dim 1, or an ``expand`` over B with
+    stride 0) is read once per class, so an ``[S,B,C,D]`` view never materialises
+    ``S*B*C*D`` values.
     """
     z = F.normalize(z, dim=-1)
-    if text.dim() >= 3 and text.stride(-3) == 0:          # same text for every item of B
-        flat = F.normalize(text.select(-3, 0), dim=-1)      # [..., C, D]
-        if flat.dim() == 2:
-            return z @ flat.t()
-        return torch.einsum("bd,...cd->...bc", z, flat)
-    text = F.normalize(text, dim=-1)
     if text.dim() == 2:
-        return z @ text.t()
-    return torch.einsum("bd,...bcd->...bc", z, text)
+        return z @ F.normalize(text, dim=-1).t()
+    if text.shape[-3] == 1 or text.stride(-3) == 0:       # same text for every item of B
+        flat = text.squeeze(-3) if text.shape[-3] == 1 else text.select(-3, 0)  # [...,C,D]
+        lead = flat.shape[:-1]
+        cos = _SharedTextCosine.apply(z, flat.reshape(-1, flat.shape[-1]))     # [N,B]
+        return cos.reshape(*lead, z.shape[0]).transpose(-1, -2)                # [...,B,C]
+    dots = torch.matmul(text, z.unsqueeze(-1)).squeeze(-1)  # [..., B, C] (batched matvec)
+    return dots / torch.linalg.vector_norm(text, dim=-1).clamp_min(1e-12)
 
 
 def _sinc(x: torch.Tensor) -> torch.Tensor:
