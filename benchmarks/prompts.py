@@ -62,6 +62,13 @@ def step(prompt: torch.nn.Module, bb: OpenClipBackbone, images: torch.Tensor,
     loss.backward()
 
 
+def text_activation_gb(bb: OpenClipBackbone, prompt: torch.nn.Module, rows: int) -> float:
+    """Rough float32 activations kept for backward by ``rows`` prompts in the text tower
+    (~18 width-sized tensors per token and block, the MLP's 4x expansion included)."""
+    tokens = int(prompt.tokens.argmax(-1).max()) + 1
+    return rows * tokens * bb.text_width * bb.text_layers * 18 * 4 / 2 ** 30
+
+
 def time_steps(fn: Callable[[], None], warmup: int, steps: int) -> float:
     for _ in range(warmup):
         fn()
@@ -87,10 +94,20 @@ def bench_model(model: str, args: argparse.Namespace) -> None:
     for style in args.styles:
         torch.manual_seed(0)
         prompt = STYLES[style](ctx)
-        sec = time_steps(lambda: step(prompt, bb, images, feats, labels), args.warmup,
-                         args.steps)
-        print(f"  {style:<10} {text_rows(style, prompt, args.batch):>15d} {sec:>15.3f}",
-              flush=True)
+        b, note = args.batch, ""
+        if style == "cocoop":
+            # B x C text rows keep their activations for backward: on a large text tower
+            # that exceeds a small machine's memory, so measure a batch that fits
+            need = text_activation_gb(bb, prompt, b * len(names))
+            while b > 1 and text_activation_gb(bb, prompt, b * len(names)) > args.max_gb:
+                b //= 2
+            if b != args.batch:
+                note = (f"  (measured at batch {b}: batch {args.batch} keeps ~{need:.0f} GB of "
+                        f"text activations, over --max-gb {args.max_gb:g})")
+        sec = time_steps(lambda: step(prompt, bb, images[:b], feats[:b], labels[:b]),
+                         args.warmup, args.steps)
+        rows = text_rows(style, prompt, args.batch)
+        print(f"  {style:<10} {rows:>15d} {sec:>15.3f}{note}", flush=True)
     if args.epoch_images:
         coop_epoch(bb, ctx, args)
 
@@ -134,6 +151,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--max-gb", type=float, default=4.0,
+                    help="cocoop: halve the measured batch until its text activations fit")
     ap.add_argument("--epoch-images", type=int, default=256,
                     help="images in the cached-vs-uncached CoOp epoch (0 = skip)")
     args = ap.parse_args()
