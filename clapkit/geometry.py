@@ -40,7 +40,7 @@ class _SharedTextCosine(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             # below the clamp the norm is a constant: only the dots term remains
             coef = (g * cos).sum(-1, keepdim=True) * (inv * inv * live)
-            g_rows = torch.addmm(rows.to(work) * -coef, gd, zn.to(work)).to(rows.dtype)
+            g_rows = (rows.to(work) * -coef).addmm_(gd, zn.to(work)).to(rows.dtype)
         return g_z, g_rows
 
 

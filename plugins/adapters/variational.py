@@ -129,6 +129,43 @@ def grouped_linear(x: torch.Tensor, grid: torch.Tensor, flat_pos: torch.Tensor,
     return y.reshape(lead, -1, y.shape[-1])[:, flat_pos]
 
 
+def tasks_linear(x: torch.Tensor, tasks: torch.Tensor, weight: torch.Tensor,
+                 bias: torch.Tensor) -> torch.Tensor:
+    """Per-task Linear on ``x [L,n,D]`` with ``weight [T,E,D]`` for the tasks ``0..T-1`` of
+    ``tasks [n]``. The usual layout -- classes ordered by task, the same number per task --
+    is a view ``[L,T,M,D]`` and one batched matmul (no gather, no padding copy, no scatter
+    back); any other layout goes through the padded grid."""
+    k, n = weight.shape[0], tasks.numel()
+    m = n // k if k else 0
+    if m * k == n and m and torch.equal(
+            tasks, torch.arange(k, device=tasks.device).repeat_interleave(m)):
+        lead, _, d = x.shape
+        xt = x.reshape(lead, k, m, d).transpose(0, 1).reshape(k, lead * m, d)  # view if L=1
+        y = torch.baddbmm(bias[:, None, :], xt, weight.transpose(-1, -2))     # [T,L*M,E]
+        return y.reshape(k, lead, m, -1).transpose(0, 1).reshape(lead, n, -1)
+    grid, flat_pos, _ = task_grid(tasks, k)
+    return grouped_linear(x, grid, flat_pos, weight, bias)
+
+
+class _Reparameterised(torch.autograd.Function):
+    """``loc + scale * xi`` for ``xi [S, *loc.shape]`` with a fused backward: the gradients
+    are ``sum_s g`` and ``sum_s g * xi`` (autograd of ``addcmul`` makes an extra scaling
+    pass over the ``[S,...]`` samples, the largest tensor of the step)."""
+
+    @staticmethod
+    def forward(ctx, loc: torch.Tensor, scale: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(xi)
+        return torch.addcmul(loc, scale, xi)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
+        (xi,) = ctx.saved_tensors
+        g_loc = g.sum(0) if ctx.needs_input_grad[0] else None
+        g_scale = (g * xi).sum(0) if ctx.needs_input_grad[1] else None
+        return g_loc, g_scale, None
+
+
 class Variational(Adapter):
     """Per-task (and optional global) Gaussian adapters on the class text features."""
 
@@ -234,11 +271,10 @@ class Variational(Adapter):
             xo, xc = flat[:, perm[: n - n_cur]], flat[:, perm[n - n_cur:]]
             t_old = tasks[perm[: n - n_cur]]
             k = int(t_old.max()) + 1
-            grid, flat_pos, _ = task_grid(t_old, k)
             parts = []
             for kind in ("mu", "sigma"):
-                y = grouped_linear(xo, grid, flat_pos, getattr(self, f"old_{kind}_weight")[:k],
-                                   getattr(self, f"old_{kind}_bias")[:k])
+                y = tasks_linear(xo, t_old, getattr(self, f"old_{kind}_weight")[:k],
+                                 getattr(self, f"old_{kind}_bias")[:k])
                 if n_cur:
                     y = torch.cat([y, getattr(self.current, kind)(xc)], dim=1)
                 if not contiguous:
@@ -282,7 +318,7 @@ class Variational(Adapter):
         per_class = alloc[tasks]                                            # [n]
         if bool((per_class == 0).any()):        # a task given no samples: scored at its mean
             xi = xi * (per_class > 0).to(xi.dtype)[:, None]
-        samples = torch.addcmul(x + mu, sigma, xi)
+        samples = _Reparameterised.apply(x + mu, sigma, xi)
         real = torch.arange(s, device=text.device)[:, None] < per_class.clamp_min(1)[None, :]
         if bool(real.all()):
             xi_mean = xi.mean(0)
@@ -305,8 +341,11 @@ class Variational(Adapter):
         if self.global_ is not None:
             samples = samples.flatten(0, 1)                                # [S*G,B',n,D]
             real = real.repeat_interleave(self.cfg.global_samples, dim=0)
-        rest = x_all[:, n:].expand(samples.shape[0], *x_all[:, n:].shape)
-        out = torch.cat([samples, rest], dim=-2)
+        if n < c:                                     # unseen classes pass unchanged
+            rest = x_all[:, n:].expand(samples.shape[0], *x_all[:, n:].shape)
+            out = torch.cat([samples, rest], dim=-2)
+        else:                                         # no copy of the [S,...] samples
+            out = samples
         if shared and text.shape[0] != 1:             # keep the batch dim of the input
             out = out.expand(out.shape[0], b, c, d)
         mask = None
@@ -334,10 +373,9 @@ class Variational(Adapter):
     def _prev_mean(self, x: torch.Tensor, tasks: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             n_tasks = int(tasks.max()) + 1
-            grid, flat_pos, _ = task_grid(tasks, n_tasks)
             flat = x.reshape(-1, *x.shape[-2:])
-            y = grouped_linear(flat, grid, flat_pos, self.prev_mu_weight[:n_tasks],
-                               self.prev_mu_bias[:n_tasks])
+            y = tasks_linear(flat, tasks, self.prev_mu_weight[:n_tasks],
+                             self.prev_mu_bias[:n_tasks])
             return y.reshape(x.shape)
 
     def _data_prior(self, x: torch.Tensor, tasks: torch.Tensor, step: StepContext | None

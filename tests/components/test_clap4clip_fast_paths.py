@@ -50,3 +50,30 @@ def test_cosine_logits_float32_samples_match_the_reference():
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     (ga,), (gb,) = (torch.autograd.grad(x.square().sum(), text) for x in (got, want))
     torch.testing.assert_close(ga, gb, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("tasks", [[0, 0, 1, 1, 2, 2], [0, 0, 0, 1, 1, 2], [1, 0, 1, 0, 2, 2]])
+def test_tasks_linear_equals_a_per_class_linear(tasks):
+    from clapkit_plugins.adapters.variational import tasks_linear
+    g = torch.Generator().manual_seed(3)
+    t = torch.tensor(tasks)
+    w = torch.randn(3, 5, 4, dtype=torch.float64, generator=g)
+    b = torch.randn(3, 5, dtype=torch.float64, generator=g)
+    x = torch.randn(2, len(tasks), 4, dtype=torch.float64, generator=g, requires_grad=True)
+    got = tasks_linear(x, t, w, b)
+    want = torch.stack([x[:, i] @ w[k].t() + b[k] for i, k in enumerate(tasks)], dim=1)
+    torch.testing.assert_close(got, want)
+    up = torch.randn(want.shape, dtype=torch.float64, generator=g)
+    torch.testing.assert_close(torch.autograd.grad(got, x, up)[0],
+                               torch.autograd.grad(want, x, up)[0])
+
+
+def test_reparameterised_samples_have_addcmul_values_and_gradients():
+    from clapkit_plugins.adapters.variational import _Reparameterised
+    g = torch.Generator().manual_seed(4)
+    loc = torch.randn(2, 3, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    scale = torch.rand(2, 3, 4, dtype=torch.float64, generator=g).add(0.1).requires_grad_()
+    xi = torch.randn(5, 2, 3, 4, dtype=torch.float64, generator=g)
+    got, want = _Reparameterised.apply(loc, scale, xi), torch.addcmul(loc, scale, xi)
+    torch.testing.assert_close(got, want)
+    assert torch.autograd.gradcheck(lambda a, s: _Reparameterised.apply(a, s, xi), (loc, scale))
