@@ -147,7 +147,17 @@ def check_recipe(path: str | Path, host: PluginHost,
         scenario_cfg = attrs.evolve(scenario_cfg, task_to_cls_num=None)
     sc = make_scenario(scenario_cfg, len(source.classes), file=recipe.file)
     fill_data_context(ctx, recipe, source, sc)
-    pipe = build_pipeline(recipe, ctx, backbone)
+    try:
+        pipe = build_pipeline(recipe, ctx, backbone)
+    except ClapkitError as exc:
+        stand_in = next((n for n in report.notes if n.startswith(f"{recipe.backbone.section}:")),
+                        None)
+        if stand_in is None:
+            raise
+        raise ClapkitError(f"{exc} [the pipeline was built on the backbone's test stand-in, "
+                           "since the recipe's weights are not on this machine; the stand-in "
+                           "may be smaller than the recipe's model, so this can be a limit of "
+                           "the stand-in rather than of the recipe]") from exc
     replay_growth(pipe, sc, 0)
     task_kw = "task" in inspect.signature(select_parameters).parameters
     for i, stage in enumerate(recipe.stages):

@@ -33,12 +33,25 @@ def _cache(work):
     return [f'cache.dir="{work / "cache"}"']
 
 
+def _tiny_overrides(recipe: Path) -> list[str]:
+    """Deep prompts deeper than the tiny model's 2 blocks (e.g. MaPLe depth = 9 for
+    ViT-B-16) are set to 2: the check then still builds every component and stage."""
+    import tomllib
+    out = []
+    table = tomllib.loads(recipe.read_text())
+    for name, spec in (table.get("prompts") or {}).items():
+        if isinstance(spec, dict) and isinstance(spec.get("depth"), int) and spec["depth"] > 2:
+            out.append(f"prompts.{name}.depth=2")
+    return out
+
+
 @pytest.mark.parametrize("recipe", RECIPES, ids=[r.stem for r in RECIPES])
 def test_every_shipped_recipe_builds_on_tiny_stand_ins(recipe, host, work):
     """Every recipe in recipes/ (new ones included, by globbing the folder): validated, then
     its pipeline built with the tiny backbone and generated data of its dataset's layout,
     and every stage's globs select parameters."""
-    report = check_recipe(recipe, host, _cache(work), work_dir=work, stand_ins=True)
+    report = check_recipe(recipe, host, [*_cache(work), *_tiny_overrides(recipe)],
+                          work_dir=work, stand_ins=True)
     assert len(report.stages) == len(report.recipe.stages)
     assert all(n > 0 for n in report.stages.values())
     assert any("data" in n for n in report.notes) and any("backbone" in n for n in report.notes)
@@ -103,6 +116,15 @@ def test_check_cli_swapped_head_and_notes(work, capsys):
             (["--set", o] for o in _cache(work)), [])])
     out = capsys.readouterr().out
     assert code.value.code == 0 and "ok" in out and "trainable" in out
+
+
+def test_a_build_error_on_the_stand_in_backbone_says_so(host, work):
+    """Without the recipe's weights the check builds on the tiny stand-in; an error that may
+    come from the stand-in's size says so (here a prompt depth beyond its 2 blocks)."""
+    with pytest.raises(ClapkitError, match=r"depth.*built on the backbone's test stand-in"):
+        check_recipe(RECIPES[0].parent / "maple.toml", host,
+                     [*_cache(work), "backbone.model=ViT-B-16", "backbone.pretrained=openai",
+                      "prompts.text.depth=9"], work_dir=work)
 
 
 def test_offline_uncached_tag_is_one_clear_error(monkeypatch):
