@@ -72,14 +72,6 @@ class KeyMatchLoss(Loss):
         return key_match(read_aux(outputs, self.prompt, "query"),
                          read_aux(outputs, self.prompt, "selected_keys"))
 
-    def example_aux(self, ctx: Any, batch: int = 6) -> dict[str, torch.Tensor]:
-        """Example aux tensors for the contract suite (shapes this loss reads)."""
-        g = torch.Generator().manual_seed(2)
-        d = ctx.embed_dim
-        return {f"{self.prompt}.query": torch.randn(batch, d, generator=g).requires_grad_(),
-                f"{self.prompt}.selected_keys":
-                    torch.randn(batch, 3, d, generator=g).requires_grad_()}
-
 
 class OrthoLoss(Loss):
     """AttriCLIP prompt orthogonality over the attribute bank."""
@@ -92,11 +84,6 @@ class OrthoLoss(Loss):
     def forward(self, outputs, batch) -> torch.Tensor:
         return prompt_orthogonality(read_aux(outputs, self.prompt, "bank_prompts"))
 
-    def example_aux(self, ctx: Any, batch: int = 6) -> dict[str, torch.Tensor]:
-        g = torch.Generator().manual_seed(3)
-        return {f"{self.prompt}.bank_prompts":
-                torch.randn(5, 4, 8, generator=g).requires_grad_()}
-
 
 def build_key_match(cfg: AttriClipLossConfig, ctx: BuildContext) -> KeyMatchLoss:
     """AttriCLIP key matching: 1 - cos(image feature, selected keys)."""
@@ -108,7 +95,23 @@ def build_ortho(cfg: AttriClipLossConfig, ctx: BuildContext) -> OrthoLoss:
     return OrthoLoss(cfg.prompt)
 
 
+def _example_outputs(ctx: Any, batch: int = 6) -> dict[str, Any]:
+    """Aux tensors of the shapes an attriclip prompt publishes (for the contract suite):
+    ``query [B,D]``, ``selected_keys [B,k,D]``, ``bank_prompts [M,L,W]``."""
+    g = torch.Generator().manual_seed(2)
+    d = ctx.embed_dim
+    p = AttriClipLossConfig().prompt
+
+    def r(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g).requires_grad_()
+
+    return {"aux": {f"{p}.query": r(batch, d), f"{p}.selected_keys": r(batch, 3, d),
+                    f"{p}.bank_prompts": r(10, 4, 16)}}
+
+
 @hookimpl
 def clapkit_register(registrar):
-    registrar.add("loss", "attriclip_key_match", build_key_match, config=AttriClipLossConfig)
-    registrar.add("loss", "attriclip_ortho", build_ortho, config=AttriClipLossConfig)
+    registrar.add("loss", "attriclip_key_match", build_key_match, config=AttriClipLossConfig,
+                  example_outputs=_example_outputs)
+    registrar.add("loss", "attriclip_ortho", build_ortho, config=AttriClipLossConfig,
+                  example_outputs=_example_outputs)
