@@ -7,7 +7,9 @@ end), else ``metrics.jsonl`` (per-epoch events, when the jsonl logger is on), el
 checkpoints' timestamps. Status: ``done`` (summary written), ``running`` (a live process holds
 the run's lock, or without a lock file: a file changed in the last ``RECENT_S`` seconds),
 ``failed`` (stopped before the end: an error or an interruption; ``clapkit run --resume``
-continues it).
+continues it). A run holds ``RUN_DIR/.clapkit.lock`` with ``flock`` while its process lives
+(the OS drops it however the process ends), so a held lock means running and a free one means
+the process is gone; folders without a lock file fall back to the file times.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import attrs
 from .report import pct
 
 RECENT_S = 600.0
-LOCK_NAMES = ("run.lock", ".run.lock", ".lock")
+LOCK_NAMES = (".clapkit.lock",)
 
 
 @attrs.frozen
@@ -79,26 +81,35 @@ def _num(v: Any) -> float | None:
     return None
 
 
-def _lock_pid(run: Path) -> int | None:
-    for name in LOCK_NAMES:
-        f = run / name
-        if f.is_file():
-            try:
-                text = f.read_text(encoding="utf-8").strip()
-                data = json.loads(text) if text.startswith("{") else {"pid": text.split()[0]}
-                return int(data.get("pid", 0))
-            except (OSError, ValueError, IndexError, AttributeError):
-                return 0
-    return None
+def lock_held(path: Path) -> bool | None:
+    """Whether another process holds the run lock at ``path`` (None: no lock file)."""
+    if not path.is_file():
+        return None
+    import fcntl
+    import os
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return None
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
 
 
 def _status(run: Path, summary: dict[str, Any] | None, now: float) -> str:
     if summary is not None:
         return "done"
-    pid = _lock_pid(run)
-    if pid is not None:
-        from .atomic import pid_alive
-        return "running" if pid and pid_alive(pid) else "failed"
+    held = next((h for h in (lock_held(run / n) for n in LOCK_NAMES) if h is not None), None)
+    if held is not None:
+        return "running" if held else "failed"
     stamps = [p.stat().st_mtime for p in (run / "metrics.jsonl", run / "checkpoints" / "last.pt",
                                           run / "recipe.toml") if p.is_file()]
     return "running" if stamps and now - max(stamps) < RECENT_S else "failed"

@@ -132,6 +132,20 @@ def test_runs_lists_status_epochs_and_figures(trained, tmp_path, capsys):
     for f in ("recipe.toml", "metrics.jsonl"):
         os.utime(stale / f, (old, old))
     assert describe_run(stale).status == "failed"
+    # a run lock (flock) decides when present: held = running, free = failed
+    import fcntl
+    lock = stale / ".clapkit.lock"
+    lock.write_text("pid 1 on host\n")
+    assert describe_run(stale).status == "failed"
+    with open(lock) as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        import subprocess
+        import sys
+        out = subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; "
+                              "from clapkit.runs import describe_run; "
+                              "print(describe_run(Path(sys.argv[1])).status)", str(stale)],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "running"
     lines = format_rows([describe_run(stale)])
     assert "halted" in lines[1] and "failed" in lines[1]
     with pytest.raises(SystemExit) as code:
