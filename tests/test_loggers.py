@@ -155,7 +155,8 @@ def test_console_single_task_run_has_no_task_wording(registries, tmp_path, capsy
     out = capsys.readouterr().out
     assert not re.search(r"\btasks?\b", out), out
     assert "[stage prompt | epoch 1/2]" in out and "--- stage prompt done ---" in out
-    assert "=== end of training: valid WAR 50.0 UAR 45.0 | test WAR 40.0 UAR 35.0 ===" in out
+    assert ("=== end of training (model of the last epoch): valid WAR 50.0 UAR 45.0 | test "
+            "WAR 40.0 UAR 35.0 ===") in out
     assert "happiness" in out and "accuracy matrix" not in out
 
 

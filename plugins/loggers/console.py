@@ -243,15 +243,16 @@ class ConsoleLogger:
             if per_task:
                 line += " | per task " + " ".join(f"{j}:{_pct(v)}" for j, v in per_task)
         else:
-            line = (f"=== end of training: valid WAR {_pct(metrics.get('valid/war'))} "
-                    f"UAR {_pct(metrics.get('valid/uar'))}")
+            line = (f"=== end of training (model of the last epoch): valid WAR "
+                    f"{_pct(metrics.get('valid/war'))} UAR {_pct(metrics.get('valid/uar'))}")
         if "test/uar" in metrics:
             line += (f" | test WAR {_pct(metrics.get('test/war'))} "
                      f"UAR {_pct(metrics.get('test/uar'))}")
         self._write(line + " ===")
         conf = metrics.get("valid/confusion")
         if self.cfg.confusion and conf:
-            when = f"end of task {task}" if self._incremental(run) else "end of training"
+            when = (f"end of task {task}" if self._incremental(run)
+                    else "end of training, model of the last epoch")
             self._write(f"valid confusion matrix ({when}; rows = true, columns = predicted):")
             self._write(format_confusion(conf, self._names(run, len(conf)),
                                          self.cfg.name_width))
