@@ -151,8 +151,12 @@ def test_console_single_task_run_has_no_task_wording(registries, tmp_path, capsy
     h.clapkit_task_end(run=run, task=0, metrics={
         "acc_seen": 0.5, "acc_task/0": 0.5, "valid/war": 0.5, "valid/uar": 0.45,
         "test/war": 0.4, "test/uar": 0.35, "valid/confusion": [[1, 0, 0]] * 3})
-    h.clapkit_run_end(run=run, summary={"final/valid_uar": 0.45, "final/valid_war": 0.5})
+    h.clapkit_run_end(run=run, summary={"final/valid_uar": 0.45, "final/valid_war": 0.5,
+                                        "final/test_uar": 0.3, "final/test_war": 0.35,
+                                        "final/checkpoint": "best"})
     out = capsys.readouterr().out
+    assert out.splitlines()[-2:] == ["final test WAR 35.0 UAR 30.0 (weights of best.pt)",
+                                     "final valid UAR 45.0 | WAR 50.0 (weights of best.pt)"]
     assert not re.search(r"\btasks?\b", out), out
     assert "[stage prompt | epoch 1/2]" in out and "--- stage prompt done ---" in out
     assert ("=== end of training (model of the last epoch): valid WAR 50.0 UAR 45.0 | test "

@@ -304,9 +304,14 @@ class ConsoleLogger:
         if "best/valid_war" in summary or "best/valid_uar" in summary:
             self._write(f"best valid WAR {_pct(summary.get('best/valid_war'))} "
                         f"UAR {_pct(summary.get('best/valid_uar'))}")
+        which = summary.get("final/checkpoint")
+        at = f" (weights of {which}.pt)" if which else ""
+        if "final/test_uar" in summary:
+            self._write(f"final test WAR {_pct(summary.get('final/test_war'))} "
+                        f"UAR {_pct(summary['final/test_uar'])}{at}")
         if "final/valid_uar" in summary:  # must stay the last line that mentions UAR
             self._write(f"final valid UAR {_pct(summary['final/valid_uar'])} | "
-                        f"WAR {_pct(summary.get('final/valid_war'))}")
+                        f"WAR {_pct(summary.get('final/valid_war'))}{at}")
 
 
 def build(cfg: ConsoleConfig, ctx: BuildContext) -> ConsoleLogger:
