@@ -54,6 +54,58 @@ def task_block_mask(ids: torch.Tensor) -> torch.Tensor:
     return ids[:, None] != ids[None, :]
 
 
+def _heads(x: torch.Tensor, h: int) -> torch.Tensor:
+    """``[N,L,E]`` -> ``[N,h,L,E/h]``."""
+    return x.unflatten(-1, (h, -1)).transpose(-2, -3)
+
+
+def _attend(mha: nn.MultiheadAttention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+            keep: torch.Tensor | None) -> torch.Tensor:
+    """Projected ``q [N,L,E]``, ``k, v [N|1,M,E]`` -> ``out_proj(attention)`` ``[N,L,E]``:
+    what ``nn.MultiheadAttention`` computes after its in-projection (``keep``: True =
+    may attend; attention dropout as the module's)."""
+    h = mha.num_heads
+    p = mha.dropout if mha.training else 0.0
+    n = q.shape[0]
+    k, v = _heads(k, h).expand(n, -1, -1, -1), _heads(v, h).expand(n, -1, -1, -1)
+    out = F.scaled_dot_product_attention(_heads(q, h), k, v, attn_mask=keep, dropout_p=p)
+    return F.linear(out.transpose(-2, -3).flatten(-2), mha.out_proj.weight, mha.out_proj.bias)
+
+
+def decoder_forward(decoder: nn.TransformerDecoder, parts: list[torch.Tensor], batch: int,
+                    mem: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """``decoder(cat(parts, -2).expand(batch, ...), mem, tgt_mask=~keep)`` -> ``[batch,Q,D]``
+    for post-norm batch-first layers, written out so that the image-independent work is
+    done once:
+
+    - the first self-attention's in-projection runs on the shared queries ``parts``
+      (``[Q_i,D]`` blocks, e.g. class text then task tokens) before any expand over the
+      batch, and per block, so frozen text rows get no input gradient (the tokens do);
+    - ``mem [batch|1, M, D]``: keys/values are projected once per memory row.
+    Attention and dropout masks stay independent per batch item, as in the module call."""
+    x: torch.Tensor | None = None
+    for layer in decoder.layers:
+        sa, ca = layer.self_attn, layer.multihead_attn
+        e = sa.embed_dim
+        if x is None:                                   # queries shared by the batch
+            qkv = torch.cat([F.linear(t, sa.in_proj_weight, sa.in_proj_bias) for t in parts],
+                            dim=-2)[None].expand(batch, -1, -1)
+            x = torch.cat(parts, dim=-2)[None]
+        else:
+            qkv = F.linear(x, sa.in_proj_weight, sa.in_proj_bias)
+        q, k, v = qkv.split(e, dim=-1)
+        x = layer.norm1(x + layer.dropout1(_attend(sa, q, k, v, keep)))
+        w, b = ca.in_proj_weight, ca.in_proj_bias
+        q = F.linear(x, w[:e], b[:e])
+        k, v = F.linear(mem, w[e:], b[e:]).split(e, dim=-1)
+        x = layer.norm2(x + layer.dropout2(_attend(ca, q, k, v, None)))
+        ff = layer.linear2(layer.dropout(layer.activation(layer.linear1(x))))
+        x = layer.norm3(x + layer.dropout3(ff))
+    if decoder.norm is not None:
+        x = decoder.norm(x)
+    return x
+
+
 class VGA(Adapter):
     """Text-attends-to-image transformer decoder with a residual add."""
 
@@ -90,17 +142,16 @@ class VGA(Adapter):
                                    f"cover the {n_tasks} tasks of the seen classes")
             tok = tokens[:n_tasks].to(x.dtype)
             q_ids = torch.cat([ids, torch.arange(n_tasks, device=ids.device)])
-            tok = tok.expand(b, *tok.shape) if x.dim() == 3 else tok
-            queries = torch.cat([x, tok], dim=-2)
+            parts = [x, tok.expand(b, *tok.shape) if x.dim() == 3 else tok]
         else:
-            q_ids, queries = ids, x
-        mask = task_block_mask(q_ids)
+            q_ids, parts = ids, [x]
+        keep = ~task_block_mask(q_ids)
         if self.context == "per_batch" and not per_image:
-            out = self.decoder(queries[None], mem[None], tgt_mask=mask)[0]     # [Q,D]
-        else:
-            if queries.dim() == 2:
-                queries = queries.expand(b, *queries.shape)
-            out = self.decoder(queries, mem[:, None, :], tgt_mask=mask)       # [B,Q,D]
+            out = self._decode(parts, mem[None], keep)[0]                       # [Q,D]
+        elif x.dim() == 2:                            # per_sample on batch-shared text
+            out = self._decode(parts, mem[:, None, :], keep)                    # [B,Q,D]
+        else:                                         # per-image text
+            out = self.decoder(torch.cat(parts, dim=-2), mem[:, None, :], tgt_mask=~keep)
         delta = out[..., :n, :]
         if tokens is not None and n:
             delta = delta + out[..., n:, :].index_select(-2, ids)
@@ -112,6 +163,12 @@ class VGA(Adapter):
         if rest.dim() == 2:
             rest = rest.expand(b, *rest.shape)
         return TextAdapterOutput(text=torch.cat([adapted, rest], dim=-2))
+
+
+    def _decode(self, parts: list[torch.Tensor], mem: torch.Tensor,
+                keep: torch.Tensor) -> torch.Tensor:
+        """The decoder on batch-shared queries; ``mem [N,M,D]`` -> ``[N,Q,D]``."""
+        return decoder_forward(self.decoder, parts, mem.shape[0], mem, keep)
 
 
 def build(cfg: VGAConfig, ctx: BuildContext) -> VGA:

@@ -77,3 +77,25 @@ def test_reparameterised_samples_have_addcmul_values_and_gradients():
     got, want = _Reparameterised.apply(loc, scale, xi), torch.addcmul(loc, scale, xi)
     torch.testing.assert_close(got, want)
     assert torch.autograd.gradcheck(lambda a, s: _Reparameterised.apply(a, s, xi), (loc, scale))
+
+
+@pytest.mark.parametrize("layers,heads,batch", [(1, 1, 1), (2, 2, 3)])
+def test_vga_decoder_forward_equals_the_module_call_with_gradients(layers, heads, batch):
+    """The written-out decoder (shared first in-projection, per-block rows) computes what
+    nn.TransformerDecoder computes on the expanded queries, values and gradients."""
+    from clapkit_plugins.adapters.vga import decoder_forward, task_block_mask
+    torch.manual_seed(5)
+    dec = torch.nn.TransformerDecoder(torch.nn.TransformerDecoderLayer(
+        8, heads, 16, 0.0, activation="gelu", batch_first=True), layers).double().train()
+    text = torch.randn(6, 8, dtype=torch.float64)
+    tok = torch.randn(2, 8, dtype=torch.float64, requires_grad=True)
+    mem = torch.randn(batch, 4, 8, dtype=torch.float64)
+    ids = torch.tensor([0, 0, 0, 1, 1, 1, 0, 1])
+    mask = task_block_mask(ids)
+    got = decoder_forward(dec, [text, tok], batch, mem, ~mask)
+    want = dec(torch.cat([text, tok]).expand(batch, 8, 8), mem, tgt_mask=mask)
+    torch.testing.assert_close(got, want)
+    params = [tok, *dec.parameters()]
+    up = torch.randn(want.shape, dtype=torch.float64)
+    for a, b in zip(torch.autograd.grad(got, params, up), torch.autograd.grad(want, params, up)):
+        torch.testing.assert_close(a, b)
