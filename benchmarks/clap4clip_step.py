@@ -2,9 +2,12 @@
 
 Times forward + backward of everything above the frozen encoder -- ``task_tokens`` ->
 ``vga`` -> ``variational`` text adapters, the router, cosine logits averaged over the
-Monte-Carlo samples, cross-entropy + ``prior_kl`` -- for a batch of B image features and
+Monte-Carlo samples, the demo recipe's losses cross-entropy + ``prior_kl`` + ``lasp`` (its
+template prior stood in by random unit vectors) -- for a batch of B image features and
 the text features of the seen classes (10 per task), at the last task of a run with
-``tasks`` tasks (all earlier pairs/tokens grown through ``on_task_start``).
+``tasks`` tasks (all earlier pairs/tokens grown through ``on_task_start``). The router is
+``uniform`` with every task drawing ``num_samples`` (the reference without anchor routing,
+and the most work: anchor routing shares the samples out among the tasks).
 
 Grid: num_samples (5, 10, 20, 40) x tasks (2, 5, 10, 20) x hierarchy off/on, VGA context
 ``per_batch`` (the reference's behaviour: one decoder pass over the batch) and, with
@@ -17,12 +20,14 @@ higher).
 
 ``--json FILE`` writes one JSON object per row: tasks, num_samples, hierarchical, context,
 step_s, peak_mb, threads (torch threads used: by default the faster of 1 and all CPU
-threads, chosen per row on a few extra steps).
+threads, chosen per row on a few extra steps), amp (``--amp``: the step under bfloat16
+autocast on CPU / float16 on CUDA, as a recipe with ``run.use_amp``; default off, float32).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -43,6 +48,7 @@ from clapkit.interfaces import HeadOutput, StepContext  # noqa: E402
 from clapkit_plugins.adapters.task_tokens import TaskTokens  # noqa: E402
 from clapkit_plugins.adapters.variational import Variational, VariationalConfig  # noqa: E402
 from clapkit_plugins.adapters.vga import VGA, VGAConfig  # noqa: E402
+from clapkit_plugins.losses.lasp import Lasp, LaspConfig  # noqa: E402
 from clapkit_plugins.losses.prior_kl import PriorKL, PriorKLConfig  # noqa: E402
 from clapkit_plugins.routers.uniform import UniformRouter  # noqa: E402
 
@@ -58,6 +64,7 @@ class Stack(torch.nn.Module):
         self.variational = Variational(dim, VariationalConfig(
             hierarchical=hierarchical, global_samples=global_samples))
         self.kl = PriorKL(PriorKLConfig())
+        self.lasp = Lasp(LaspConfig(), F.normalize(torch.randn(n_tasks * per_task, dim), dim=-1))
         for t in range(n_tasks):
             for m in (self.tokens, self.vga, self.variational):
                 m.on_task_start(t, per_task * (t + 1))
@@ -126,6 +133,8 @@ def run_row(tasks: int, samples: int, hierarchical: bool, context: str, args) ->
     base_kb = reset_peak_rss()
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     g = torch.Generator(device=dev).manual_seed(1)
+    amp = (torch.autocast(dev.type, dtype=torch.bfloat16 if dev.type == "cpu" else torch.float16)
+           if args.amp else contextlib.nullcontext())
 
     def step_once() -> float:
         z = torch.randn(b, d, device=dev, generator=g)
@@ -137,10 +146,13 @@ def run_row(tasks: int, samples: int, hierarchical: bool, context: str, args) ->
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         t0 = time.perf_counter()
-        step = attrs.evolve(step, allocation=router(z, step))
-        head, res = stack(text, z, step)
-        loss = F.cross_entropy(head.logits, label) + stack.kl(
-            {"distributions": {"variational": res.distribution}, "aux": {}}, {"step": step})
+        with amp:
+            step = attrs.evolve(step, allocation=router(z, step))
+            head, res = stack(text, z, step)
+            outputs = {"distributions": {"variational": res.distribution},
+                       "aux": {f"variational.{k}": v for k, v in res.aux.items()}}
+            loss = (F.cross_entropy(head.logits.float(), label)
+                    + stack.kl(outputs, {"step": step}) + stack.lasp(outputs, {"step": step}))
         stack.zero_grad(set_to_none=True)
         loss.backward()
         if dev.type == "cuda":
@@ -160,7 +172,7 @@ def run_row(tasks: int, samples: int, hierarchical: bool, context: str, args) ->
         peak = max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
     return {"tasks": tasks, "num_samples": samples, "hierarchical": hierarchical,
             "context": context, "step_s": round(statistics.median(times), 5),
-            "peak_mb": round(peak, 1), "threads": threads}
+            "peak_mb": round(peak, 1), "threads": threads, "amp": bool(args.amp)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,10 +188,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--classes-per-task", type=int, default=10)
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--steps", type=int, default=7)
     p.add_argument("--threads", type=int, default=0,
                    help="torch threads (0: per row, the faster of 1 and all CPU threads)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--amp", action="store_true",
+                   help="bfloat16 (CPU) / float16 (CUDA) autocast, as run.use_amp; default float32")
     args = p.parse_args(argv)
     hier = {"off": [False], "on": [True], "both": [False, True]}[args.hierarchy]
     contexts = ["per_batch", "per_sample"] if args.context == "both" else [args.context]

@@ -309,9 +309,10 @@ class Variational(Adapter):
             if self.prev_global_weight is not None:
                 aux["prev_global_mean"] = F.linear(x, self.prev_global_weight,
                                                    self.prev_global_bias).detach()
-            x = x + Normal(mu_g, sig_g).rsample((self.cfg.global_samples,))  # [G,B',n,D]
+            x = x + Normal(mu_g, sig_g, validate_args=False).rsample(
+                (self.cfg.global_samples,))                                  # [G,B',n,D]
         mu, sigma = self.task_params(x, tasks)
-        q = Normal(mu, sigma)
+        q = Normal(mu, sigma, validate_args=False)     # sigma >= 0.001 by construction
         # q.rsample written out (loc + scale * xi) so that the samples x + eps are one
         # fused op and the mean noise needs no [S,...] product.
         xi = torch.randn((s, *mu.shape), dtype=mu.dtype, device=mu.device)  # [S,(G),B',n,D]
