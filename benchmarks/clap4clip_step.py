@@ -20,7 +20,7 @@ higher).
 
 ``--json FILE`` writes one JSON object per row: tasks, num_samples, hierarchical, context,
 step_s, peak_mb, threads (torch threads used: by default the faster of 1 and all CPU
-threads, chosen per row on a few extra steps), amp (``--amp``: the step under bfloat16
+threads, chosen per row on a few extra steps), omp_wait_policy, amp (``--amp``: the step under bfloat16
 autocast on CPU / float16 on CUDA, as a recipe with ``run.use_amp``; default off, float32).
 """
 
@@ -36,9 +36,18 @@ import sys
 import time
 from pathlib import Path
 
-import attrs
-import torch
-import torch.nn.functional as F
+# GNU OpenMP threads spin between parallel regions by default; on a shared, busy machine a
+# spinning thread holds the core its partner needs and 2 threads run several times slower
+# than 1 (measured here: 0.29 s vs 0.05 s per step at load ~5). PASSIVE lets them sleep.
+# Read when torch loads its OpenMP runtime, hence before the import; a value set by the
+# caller wins, and each row records the one in force. (Only as a script: importing this
+# module must not change the environment of the importing process.)
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import attrs  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -172,7 +181,8 @@ def run_row(tasks: int, samples: int, hierarchical: bool, context: str, args) ->
         peak = max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
     return {"tasks": tasks, "num_samples": samples, "hierarchical": hierarchical,
             "context": context, "step_s": round(statistics.median(times), 5),
-            "peak_mb": round(peak, 1), "threads": threads, "amp": bool(args.amp)}
+            "peak_mb": round(peak, 1), "threads": threads,
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""), "amp": bool(args.amp)}
 
 
 def main(argv: list[str] | None = None) -> int:
