@@ -111,7 +111,7 @@ def reset_peak_rss() -> int | None:
 
 def thread_choice(step_once, args) -> int:
     """``--threads N`` as given; 0 (default): the faster of 1 and all CPU threads on this
-    row, by the median of 3 steps each after one warmup step (a loaded 2-core machine can
+    row, by the median of 5 steps each after one warmup step (a loaded 2-core machine can
     be several times slower with 2 OpenMP threads than with 1; an idle one is faster)."""
     if args.threads:
         return args.threads
@@ -120,7 +120,7 @@ def thread_choice(step_once, args) -> int:
     for n in sorted({1, cpus or 1}):
         torch.set_num_threads(n)
         step_once()
-        t = statistics.median(step_once() for _ in range(3))
+        t = statistics.median(step_once() for _ in range(5))
         if t < best_t:
             best, best_t = n, t
     return best
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--classes-per-task", type=int, default=10)
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--steps", type=int, default=7)
+    p.add_argument("--steps", type=int, default=15)
     p.add_argument("--threads", type=int, default=0,
                    help="torch threads (0: per row, the faster of 1 and all CPU threads)")
     p.add_argument("--device", default="cpu")
