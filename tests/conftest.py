@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
-import pytest
-from fake_components import fake_plugin
+import os
 
-from clapkit.plugins import PluginHost
+# One intra-op thread for the tests and the subprocesses they start (CLI runs, DDP workers):
+# the tensors here are tiny, so a second OpenMP thread only adds synchronisation, and on a
+# loaded 2-core machine it oversubscribes (measured ~4x slower in tests/components with 2).
+# setdefault: an explicit OMP_NUM_THREADS in the environment still wins.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", os.environ["OMP_NUM_THREADS"])
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from fake_components import fake_plugin  # noqa: E402
+
+from clapkit.plugins import PluginHost  # noqa: E402
+
+if os.environ["OMP_NUM_THREADS"].isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture
