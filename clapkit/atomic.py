@@ -16,6 +16,8 @@ remove its temporary; :func:`sweep_temps` removes the ones whose process is gone
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import re
 import tempfile
@@ -76,6 +78,24 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 
 def atomic_write_text(path: str | Path, text: str, encoding: str = "utf-8") -> Path:
     return atomic_write(path, lambda fh: fh.write(text.encode(encoding)))
+
+
+def json_safe(v: Any) -> Any:
+    """A copy of ``v`` that strict JSON accepts: dict keys as strings, tuples as lists and
+    non-finite floats (NaN/inf, e.g. a metric with no samples) as ``null``."""
+    if isinstance(v, dict):
+        return {str(k): json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [json_safe(x) for x in v]
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> Path:
+    """Write ``obj`` as indented strict JSON (through :func:`json_safe`, so a NaN metric is
+    ``null``, never the invalid ``NaN`` token) with :func:`atomic_write_text`."""
+    return atomic_write_text(path, json.dumps(json_safe(obj), indent=2, allow_nan=False) + "\n")
 
 
 def publish(tmp: str | Path, path: str | Path) -> Path:

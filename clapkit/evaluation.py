@@ -15,7 +15,6 @@ without items), ``confusion`` (rows = true class, columns = predicted, in ``clas
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from typing import Any
 import attrs
 import torch
 
-from .atomic import atomic_write_text
+from .atomic import atomic_write_json
 from .build import build_component
 from .errors import ClapkitError
 from .interfaces import BuildContext
@@ -245,18 +244,8 @@ def eval_target(target: Path, host: PluginHost, *, checkpoint: str | None = None
         raise ClapkitError(f"{target}: no such run folder or recipe file")
     result = evaluate_prepared(prep, split)
     result = {"target": str(target), "kind": kind, **result}
-    atomic_write_text(dest, json.dumps(_json_safe(result), indent=2, allow_nan=False) + "\n")
+    atomic_write_json(dest, result)
     return result, dest
-
-
-def _json_safe(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {str(k): _json_safe(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_json_safe(x) for x in v]
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
 
 
 def format_result(result: dict[str, Any]) -> list[str]:

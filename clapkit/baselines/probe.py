@@ -15,7 +15,6 @@ which does not move the minimum.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +24,7 @@ import attrs
 import torch
 import torch.nn.functional as F
 
-from ..atomic import atomic_write_text
+from ..atomic import atomic_write_json
 from ..errors import ClapkitError
 from ..plugins import PluginHost
 from ..recipe import load_recipe
@@ -197,7 +196,7 @@ def run_probe(target: Path, host: PluginHost, *, out: Path | None = None,
                    "sweep": sweep, "feature_dim": int(x_tr.shape[1]),
                    "num_train": int(len(y_tr)), "standardize": cfg.standardize})
     dest = folder / "probe.json"
-    atomic_write_text(dest, json.dumps(_json_safe(result), indent=2, allow_nan=False) + "\n")
+    atomic_write_json(dest, result)
     return result, dest
 
 
@@ -205,13 +204,3 @@ def _stats(x: torch.Tensor, standardize: bool) -> tuple[torch.Tensor, torch.Tens
     if not standardize:
         return torch.zeros(x.shape[1]), torch.ones(x.shape[1])
     return x.mean(0), x.std(0).clamp_min(1e-6)
-
-
-def _json_safe(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {str(k): _json_safe(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_json_safe(x) for x in v]
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v

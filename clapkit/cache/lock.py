@@ -12,17 +12,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from ..atomic import pid_alive
 from ..errors import ClapkitError
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class BuildLock:
@@ -36,7 +27,7 @@ class BuildLock:
     def _stale(self) -> bool:
         try:
             pid_s, host = self.path.read_text().split()[:2]
-            return host == socket.gethostname() and not _alive(int(pid_s))
+            return host == socket.gethostname() and not pid_alive(int(pid_s))
         except (OSError, ValueError):
             return False  # being written right now, or unreadable: not provably stale
 

@@ -8,12 +8,10 @@ summary (computed after every task with the end-of-task weights).
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 from typing import Any
 
-from ..atomic import atomic_write_text
+from ..atomic import atomic_write_json
 from . import checkpoint as ckpt
 from .distributed import barrier
 from .resume import best_path
@@ -61,15 +59,4 @@ def build_summary(tr: Any, final: dict[str, Any], seconds: float) -> dict[str, A
 
 
 def write_summary(out_dir: Path, summary: dict[str, Any]) -> None:
-    atomic_write_text(out_dir / "summary.json",
-                      json.dumps(json_safe(summary), indent=2, allow_nan=False) + "\n")
-
-
-def json_safe(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {str(k): json_safe(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [json_safe(x) for x in v]
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
+    atomic_write_json(out_dir / "summary.json", summary)

@@ -21,15 +21,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import attrs
 
 from clapkit import hookimpl
+from clapkit.atomic import atomic_write_json, json_safe
 from clapkit.validators import inside
 from clapkit.interfaces import BuildContext
 from clapkit.metrics import AccuracyMatrix
@@ -47,30 +46,6 @@ class PlotsConfig:
     dpi: int = attrs.field(default=100, validator=[attrs.validators.ge(30),
                                                    attrs.validators.le(600)])
     subdir: str = attrs.field(default="plots", validator=inside)   # never outside the run
-
-
-def _finite(v: Any) -> Any:
-    """JSON-safe copy: non-finite floats become null."""
-    if isinstance(v, dict):
-        return {str(k): _finite(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_finite(x) for x in v]
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
-
-
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(_finite(obj), fh, indent=2, allow_nan=False)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _float(v: Any) -> float:
@@ -179,7 +154,7 @@ class PlotsLogger:
                 m.update(t, row, s.get("acc_seen", math.nan),
                          task_aware=s.get("task_aware_acc"), ece=s.get("ece"))
             data["summary"] = m.summary()
-        _write_json_atomic(Path(run.out_dir) / "accuracy_matrix.json", data)
+        atomic_write_json(Path(run.out_dir) / "accuracy_matrix.json", data)
 
     @hookimpl
     def clapkit_run_start(self, run: Any) -> None:
@@ -203,7 +178,7 @@ class PlotsLogger:
         if not self._jsonl_file(run).is_file():
             out.mkdir(parents=True, exist_ok=True)
             with open(out / "history.jsonl", "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(_finite(row)) + "\n")
+                fh.write(json.dumps(json_safe(row)) + "\n")
         conf = metrics.get("valid/confusion")
         if not conf:
             return
