@@ -1,6 +1,7 @@
 """Building blocks of learnable text prompts, shared by prompt styles that work inside the
-text tower (CoCoOp, MaPLe, AttriCLIP): class texts, context initialisation, tokenised prompt
-templates with a placeholder context, and the image inputs a conditional prompt reads.
+text tower (CoOp, CoCoOp, MaPLe, AttriCLIP): the build inputs (backbone and class texts),
+context initialisation, tokenised prompt templates with a placeholder context, a base class
+that holds the backbone and the template, and the image inputs a conditional prompt reads.
 
 They live in the core so that plugins share one definition instead of importing each other
 (DESIGN.md section 1: a plugin imports only the core's public API).
@@ -14,7 +15,7 @@ import attrs
 import torch
 
 from .errors import ClapkitError
-from .interfaces import Backbone, ImageInputs
+from .interfaces import Backbone, BuildContext, ImageInputs, Prompt
 
 PLACEHOLDER = "X"
 
@@ -28,6 +29,17 @@ def class_texts(class_names: Sequence[str], names: dict[str, str]) -> list[str]:
     return [names.get(c, c.replace("_", " ")) for c in class_names]
 
 
+def prompt_inputs(ctx: BuildContext, names: dict[str, str],
+                  who: str) -> tuple[Backbone, list[str]]:
+    """``(backbone, class texts)`` a text prompt is built from; a clear error naming the
+    prompt style when the backbone is not built yet or the dataset gave no class names."""
+    if ctx.backbone is None:
+        raise ClapkitError(f"the {who} prompt needs the backbone to be built first")
+    if not ctx.class_names:
+        raise ClapkitError(f"the {who} prompt needs the class names of the dataset")
+    return ctx.backbone, class_texts(ctx.class_names, names)
+
+
 def phrase_tokens(backbone: Backbone, phrase: str) -> tuple[int, torch.Tensor]:
     """``(n, vectors [n,W])``: the token embeddings of ``phrase`` (between SOT and EOT)."""
     with torch.no_grad():
@@ -35,6 +47,20 @@ def phrase_tokens(backbone: Backbone, phrase: str) -> tuple[int, torch.Tensor]:
         n = int(tok[0].argmax()) - 1
         vec = backbone.token_embedding(tok)[0, 1:1 + n].float().cpu()
     return n, vec
+
+
+def context_init(backbone: Backbone, n_ctx: int | None, init: str,
+                 default: int) -> tuple[int, torch.Tensor | None]:
+    """``(n_ctx, vectors [n,W] or None)`` of a learnable context (the ``n_ctx`` and ``init``
+    options of CoOp-style prompts): the tokens of the phrase ``init`` (``n_ctx``, when given,
+    must be their count), else ``n_ctx`` (``default`` when unset) random vectors."""
+    if not init.strip():
+        return n_ctx or default, None
+    n_init, vectors = phrase_tokens(backbone, init)
+    if n_ctx is not None and n_ctx != n_init:
+        raise ClapkitError(f"n_ctx = {n_ctx} but init {init!r} has {n_init} "
+                           f"tokens; set n_ctx = {n_init} or init = \"\"")
+    return n_init, vectors
 
 
 @attrs.frozen
@@ -71,6 +97,37 @@ def prompt_template(backbone: Backbone, texts: Sequence[str], prefix: str,
         raise ClapkitError(f"class name {bad!r} does not fit in the text context after "
                            f"{n_prefix} context tokens (the tokenizer truncated the prompt)")
     return PromptTemplate(tokens=tokens, embedded=embedded, n_prefix=n_prefix)
+
+
+class TemplatePrompt(Prompt):
+    """Base of the prompt styles built on a :class:`PromptTemplate`.
+
+    The backbone is held by reference, not as a submodule: its frozen weights are neither
+    registered twice nor unfrozen by a ``prompts.*`` stage glob (gradients still flow through
+    the text tower to the prompt's parameters). The template's ``tokens`` and frozen token
+    embeddings ``embedded`` are non-persistent buffers that :meth:`refresh` re-reads."""
+
+    tokens: torch.Tensor
+    embedded: torch.Tensor
+
+    def __init__(self, backbone: Backbone) -> None:
+        super().__init__()
+        self._backbone = (backbone,)
+
+    @property
+    def backbone(self) -> Backbone:
+        return self._backbone[0]
+
+    def use_template(self, tpl: PromptTemplate) -> None:
+        """Register the template's tokens ``[C,L]`` and embeddings ``[C,L,W]`` as buffers."""
+        self.register_buffer("tokens", tpl.tokens, persistent=False)
+        self.register_buffer("embedded", tpl.embedded, persistent=False)
+
+    def refresh(self) -> None:
+        """Re-read the frozen token embeddings (the text tower may have been trained)."""
+        with torch.no_grad():
+            emb = self.backbone.token_embedding(self.tokens).float()
+        self.embedded.copy_(emb.to(self.embedded.device))
 
 
 def placeholder_prefix(n: int) -> str:

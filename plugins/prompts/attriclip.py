@@ -25,11 +25,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from clapkit import hookimpl
-from clapkit.errors import ClapkitError
-from clapkit.interfaces import (Backbone, BuildContext, ImageInputs, Prompt, PromptOutput,
-                                StepContext)
-from clapkit.text_prompts import (as_image_inputs, class_texts, image_condition,
-                                  placeholder_prefix, prompt_template)
+from clapkit.interfaces import Backbone, BuildContext, ImageInputs, PromptOutput, StepContext
+from clapkit.text_prompts import (TemplatePrompt, as_image_inputs, image_condition,
+                                  placeholder_prefix, prompt_inputs, prompt_template)
 
 
 @attrs.frozen
@@ -52,15 +50,14 @@ class AttriClipConfig:
             raise ValueError(f"top_k = {value} is larger than bank_size = {self.bank_size}")
 
 
-class AttriClipPrompt(Prompt):
+class AttriClipPrompt(TemplatePrompt):
     """Per-image text features ``[B,C,D]`` from the top-k attribute prompts of each image."""
 
     needs_image_features = True
     aux_keys = ("query", "selected_keys", "selection", "bank_prompts")
 
     def __init__(self, backbone: Backbone, texts: list[str], cfg: AttriClipConfig) -> None:
-        super().__init__()
-        self._backbone = (backbone,)         # a reference, not a submodule
+        super().__init__(backbone)           # held by reference, not a submodule
         self.top_k, self.length, self.condition = cfg.top_k, cfg.prompt_length, cfg.condition
         n = cfg.top_k * cfg.prompt_length
         tpl = prompt_template(backbone, texts, placeholder_prefix(n), n)
@@ -68,18 +65,8 @@ class AttriClipPrompt(Prompt):
         self.keys = nn.Parameter(torch.randn(cfg.bank_size, backbone.embed_dim) * cfg.init_std)
         self.prompts = nn.Parameter(torch.randn(cfg.bank_size, cfg.prompt_length, width)
                                     * cfg.init_std)
-        self.register_buffer("tokens", tpl.tokens, persistent=False)
-        self.register_buffer("embedded", tpl.embedded, persistent=False)
+        self.use_template(tpl)
         self.last_rows = 0
-
-    @property
-    def backbone(self) -> Backbone:
-        return self._backbone[0]
-
-    def refresh(self) -> None:
-        with torch.no_grad():
-            emb = self.backbone.token_embedding(self.tokens).float()
-        self.embedded.copy_(emb.to(self.embedded.device))
 
     def select(self, query: torch.Tensor) -> torch.Tensor:
         """``[B,k]`` bank indices: the k keys of highest cosine to each query, sorted."""
@@ -125,11 +112,7 @@ class AttriClipPrompt(Prompt):
 
 def build(cfg: AttriClipConfig, ctx: BuildContext) -> AttriClipPrompt:
     """Attribute bank: top-k keys by image similarity select prompts (per-image [B,C,D])."""
-    if ctx.backbone is None:
-        raise ClapkitError("the attriclip prompt needs the backbone to be built first")
-    if not ctx.class_names:
-        raise ClapkitError("the attriclip prompt needs the class names of the dataset")
-    return AttriClipPrompt(ctx.backbone, class_texts(ctx.class_names, cfg.names), cfg)
+    return AttriClipPrompt(*prompt_inputs(ctx, cfg.names, "attriclip"), cfg)
 
 
 @hookimpl

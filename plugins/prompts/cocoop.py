@@ -21,11 +21,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from clapkit import hookimpl
-from clapkit.errors import ClapkitError
-from clapkit.interfaces import (Backbone, BuildContext, ImageInputs, Prompt, PromptOutput,
-                                StepContext)
-from clapkit.text_prompts import (as_image_inputs, class_texts, image_condition,
-                                  phrase_tokens, placeholder_prefix, prompt_template)
+from clapkit.interfaces import Backbone, BuildContext, ImageInputs, PromptOutput, StepContext
+from clapkit.text_prompts import (TemplatePrompt, as_image_inputs, context_init,
+                                  image_condition, placeholder_prefix, prompt_inputs,
+                                  prompt_template)
 
 
 @attrs.frozen
@@ -54,40 +53,21 @@ class MetaNet(nn.Sequential):
         super().__init__(nn.Linear(dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, width))
 
 
-class CoCoOpPrompt(Prompt):
+class CoCoOpPrompt(TemplatePrompt):
     """Per-image text features ``[B,C,D]`` of image-conditioned context prompts."""
 
     needs_image_features = True
 
     def __init__(self, backbone: Backbone, texts: list[str], cfg: CoCoOpConfig) -> None:
-        super().__init__()
-        self._backbone = (backbone,)         # a reference, not a submodule
-        n_ctx, init = cfg.n_ctx, None
-        if cfg.init.strip():
-            n_init, init = phrase_tokens(backbone, cfg.init)
-            if n_ctx is not None and n_ctx != n_init:
-                raise ClapkitError(f"n_ctx = {n_ctx} but init {cfg.init!r} has {n_init} "
-                                   f"tokens; set n_ctx = {n_init} or init = \"\"")
-            n_ctx = n_init
-        n_ctx = n_ctx or 4
+        super().__init__(backbone)           # held by reference, not a submodule
+        n_ctx, init = context_init(backbone, cfg.n_ctx, cfg.init, default=4)
         tpl = prompt_template(backbone, texts, placeholder_prefix(n_ctx), n_ctx)
         width = tpl.embedded.shape[-1]
         ctx = init.clone() if init is not None else torch.randn(n_ctx, width) * cfg.init_std
         self.n_ctx, self.condition = n_ctx, cfg.condition
         self.ctx = nn.Parameter(ctx)
         self.meta_net = MetaNet(backbone.embed_dim, width, cfg.hidden_ratio)
-        self.register_buffer("tokens", tpl.tokens, persistent=False)
-        self.register_buffer("embedded", tpl.embedded, persistent=False)
-
-    @property
-    def backbone(self) -> Backbone:
-        return self._backbone[0]
-
-    def refresh(self) -> None:
-        """Re-read the frozen token embeddings (the text tower may have been trained)."""
-        with torch.no_grad():
-            emb = self.backbone.token_embedding(self.tokens).float()
-        self.embedded.copy_(emb.to(self.embedded.device))
+        self.use_template(tpl)
 
     def context(self, image: ImageInputs) -> torch.Tensor:
         """``[B,n,W]``: the shared context shifted by each image's meta-net bias."""
@@ -116,11 +96,7 @@ class CoCoOpPrompt(Prompt):
 
 def build(cfg: CoCoOpConfig, ctx: BuildContext) -> CoCoOpPrompt:
     """CoOp context + meta-net bias from the image feature (per-image text [B,C,D])."""
-    if ctx.backbone is None:
-        raise ClapkitError("the cocoop prompt needs the backbone to be built first")
-    if not ctx.class_names:
-        raise ClapkitError("the cocoop prompt needs the class names of the dataset")
-    return CoCoOpPrompt(ctx.backbone, class_texts(ctx.class_names, cfg.names), cfg)
+    return CoCoOpPrompt(*prompt_inputs(ctx, cfg.names, "cocoop"), cfg)
 
 
 @hookimpl

@@ -24,11 +24,10 @@ import torch
 from torch import nn
 
 from clapkit import hookimpl
-from clapkit.errors import ClapkitError
 from clapkit.interfaces import (Backbone, BuildContext, ImageInputs, Prompt, PromptOutput,
                                 StepContext)
-
-PLACEHOLDER = "X"
+from clapkit.text_prompts import (context_init, placeholder_prefix, prompt_inputs,
+                                  prompt_template)
 
 
 @attrs.frozen
@@ -84,27 +83,9 @@ class CoOpPrompt(Prompt):
     def __init__(self, backbone: Backbone, class_texts: Sequence[str], cfg: CoOpConfig) -> None:
         super().__init__()
         self._backbone = (backbone,)      # a reference, not a submodule (see module doc)
-        init_vectors = None
-        n_ctx = cfg.n_ctx
-        with torch.no_grad():
-            if cfg.init.strip():
-                init_tok = backbone.tokenize([cfg.init.strip()])
-                n_init = int(init_tok[0].argmax()) - 1
-                if n_ctx is not None and n_ctx != n_init:
-                    raise ClapkitError(f"n_ctx = {n_ctx} but init {cfg.init!r} has {n_init} "
-                                       f"tokens; set n_ctx = {n_init} or init = \"\"")
-                n_ctx = n_init
-                init_vectors = backbone.token_embedding(init_tok)[0, 1:1 + n_ctx].float().cpu()
-            n_ctx = n_ctx or 16
-            prefix = " ".join([PLACEHOLDER] * n_ctx)
-            tokens = backbone.tokenize([f"{prefix} {t}." for t in class_texts]).cpu()
-            embedded = backbone.token_embedding(tokens).float().cpu()
-        eot = tokens.argmax(dim=-1)
-        short = (eot - n_ctx - 2) < 1
-        if short.any():
-            bad = class_texts[int(short.nonzero()[0])]
-            raise ClapkitError(f"class name {bad!r} does not fit in the text context with "
-                               f"n_ctx = {n_ctx} (the tokenizer truncated the prompt)")
+        n_ctx, init_vectors = context_init(backbone, cfg.n_ctx, cfg.init, default=16)
+        tpl = prompt_template(backbone, class_texts, placeholder_prefix(n_ctx), n_ctx)
+        tokens, embedded, eot = tpl.tokens, tpl.embedded, tpl.eot
         width = embedded.shape[-1]
         shape = (len(class_texts), n_ctx, width) if cfg.class_specific else (n_ctx, width)
         if init_vectors is not None:
@@ -137,16 +118,7 @@ class CoOpPrompt(Prompt):
 
 def build(cfg: CoOpConfig, ctx: BuildContext) -> CoOpPrompt:
     """Learnable context vectors (CoOp): shared or class-specific, end/middle/front."""
-    if ctx.backbone is None:
-        raise ClapkitError("the coop prompt needs the backbone to be built first")
-    if not ctx.class_names:
-        raise ClapkitError("the coop prompt needs the class names of the dataset")
-    unknown = sorted(set(cfg.names) - set(ctx.class_names))
-    if unknown:
-        raise ClapkitError(f"names: '{unknown[0]}' is not a class of this dataset "
-                           f"(classes: {', '.join(ctx.class_names)})")
-    texts = [cfg.names.get(c, c.replace("_", " ")) for c in ctx.class_names]
-    return CoOpPrompt(ctx.backbone, texts, cfg)
+    return CoOpPrompt(*prompt_inputs(ctx, cfg.names, "coop"), cfg)
 
 
 @hookimpl

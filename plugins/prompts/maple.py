@@ -25,10 +25,9 @@ from torch import nn
 
 from clapkit import hookimpl
 from clapkit.errors import ClapkitError
-from clapkit.interfaces import (Backbone, BuildContext, ImageInputs, Prompt, PromptOutput,
-                                StepContext)
-from clapkit.text_prompts import (class_texts, phrase_tokens, placeholder_prefix,
-                                  prompt_template)
+from clapkit.interfaces import Backbone, BuildContext, ImageInputs, PromptOutput, StepContext
+from clapkit.text_prompts import (TemplatePrompt, phrase_tokens, placeholder_prefix,
+                                  prompt_inputs, prompt_template)
 
 
 @attrs.frozen
@@ -53,7 +52,7 @@ def check_depth(depth: int, backbone: Backbone, model: str) -> None:
                            f"{backbone.vision_layers} vision blocks; depth must be 1..{limit}")
 
 
-class MaplePrompt(Prompt):
+class MaplePrompt(TemplatePrompt):
     """Text features ``[C,D]`` from deep text prompts; coupled deep vision prompts."""
 
     changes_image_encoder = True
@@ -61,8 +60,7 @@ class MaplePrompt(Prompt):
 
     def __init__(self, backbone: Backbone, texts: list[str], cfg: MapleConfig,
                  model: str = "the backbone") -> None:
-        super().__init__()
-        self._backbone = (backbone,)         # a reference, not a submodule (frozen weights)
+        super().__init__(backbone)           # held by reference, not a submodule (frozen)
         check_depth(cfg.depth, backbone, model)
         n = cfg.n_ctx
         wt, wv = backbone.text_width, backbone.vision_width
@@ -81,18 +79,7 @@ class MaplePrompt(Prompt):
         self.deep_text = nn.ParameterList(
             [nn.Parameter(torch.randn(n, wt) * cfg.init_std) for _ in range(cfg.depth - 1)])
         self.proj = nn.ModuleList([nn.Linear(wt, wv) for _ in range(cfg.depth)])
-        self.register_buffer("tokens", tpl.tokens, persistent=False)
-        self.register_buffer("embedded", tpl.embedded, persistent=False)
-
-    @property
-    def backbone(self) -> Backbone:
-        return self._backbone[0]
-
-    def refresh(self) -> None:
-        """Re-read the frozen token embeddings (the text tower may have been trained)."""
-        with torch.no_grad():
-            emb = self.backbone.token_embedding(self.tokens).float()
-        self.embedded.copy_(emb.to(self.embedded.device))
+        self.use_template(tpl)
 
     def text_prompts(self) -> list[torch.Tensor]:
         """``[n,Wt]`` per layer ``0..depth-1`` (entry j feeds text block j)."""
@@ -117,12 +104,9 @@ class MaplePrompt(Prompt):
 
 def build(cfg: MapleConfig, ctx: BuildContext) -> MaplePrompt:
     """Deep multi-modal prompts in the first J layers of both towers (text -> vision)."""
-    if ctx.backbone is None:
-        raise ClapkitError("the maple prompt needs the backbone to be built first")
-    if not ctx.class_names:
-        raise ClapkitError("the maple prompt needs the class names of the dataset")
-    model = getattr(getattr(ctx.backbone, "cfg", None), "model", None)
-    return MaplePrompt(ctx.backbone, class_texts(ctx.class_names, cfg.names), cfg,
+    backbone, texts = prompt_inputs(ctx, cfg.names, "maple")
+    model = getattr(getattr(backbone, "cfg", None), "model", None)
+    return MaplePrompt(backbone, texts, cfg,
                        model=f"model '{model}'" if model else "the backbone")
 
 
