@@ -35,6 +35,9 @@ class ComponentEntry:
     the recipe table; ``ctx`` is a :class:`clapkit.interfaces.BuildContext`.
     ``test_options`` (optional) returns recipe options the contract suites use for a cheap
     instance (for example a tiny model config, or a generated data folder).
+    ``meta["offline_options"]`` (optional, a callable ``config -> option overrides``): the
+    same component without what would be downloaded (for example random init instead of
+    pretrained weights); ``clapkit recipe check`` tries it before the test stand-in.
     """
 
     kind: str

@@ -118,13 +118,35 @@ def test_check_cli_swapped_head_and_notes(work, capsys):
     assert code.value.code == 0 and "ok" in out and "trainable" in out
 
 
-def test_a_build_error_on_the_stand_in_backbone_says_so(host, work):
-    """Without the recipe's weights the check builds on the tiny stand-in; an error that may
+def test_a_build_error_on_the_stand_in_backbone_says_so(host, work, monkeypatch):
+    """When the recipe's architecture cannot be built offline either (here: the plugin
+    declares no ``offline_options``) the check builds on the tiny stand-in; an error that may
     come from the stand-in's size says so (here a prompt depth beyond its 2 blocks)."""
+    monkeypatch.delitem(host.registries["backbone"].get("open_clip").meta, "offline_options")
     with pytest.raises(ClapkitError, match=r"depth.*built on the backbone's test stand-in"):
         check_recipe(RECIPES[0].parent / "maple.toml", host,
                      [*_cache(work), "backbone.model=ViT-B-16", "backbone.pretrained=openai",
                       "prompts.text.depth=9"], work_dir=work)
+
+
+def test_missing_weights_check_the_recipes_own_architecture(work, capsys):
+    """Weights not on this machine: the check builds the recipe's model randomly initialised
+    (open_clip's ``offline_options``), so MaPLe depth 9 is checked against ViT-B-16's 12
+    blocks, and the note says what was not verified. The shipped recipe passes (with one
+    text template instead of the recipe's many: their features through ViT-B-16's text
+    tower are most of the check's time, and they do not touch what is tested here)."""
+    maple = RECIPES[0].parent / "clap4clip_cifar100_maple.toml"
+    one = "['a photo of a {}.']"
+    with pytest.raises(SystemExit) as code:
+        main(["recipe", "check", str(maple), "--set", _cache(work)[0],
+              "--set", f'backbone.cache_dir="{work / "no-weights"}"',
+              "--set", f"adapters.variational.templates={one}",
+              "--set", f"losses.lasp.templates={one}"])
+    out = capsys.readouterr().out
+    assert code.value.code == 0, out
+    note = next(line for line in out.splitlines() if line.startswith("note: backbone:"))
+    assert "built offline (pretrained = '')" in note and "weights themselves were not" in note
+    assert "test stand-in" not in note
 
 
 def test_offline_uncached_tag_is_one_clear_error(monkeypatch):

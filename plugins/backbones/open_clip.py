@@ -470,4 +470,6 @@ def build(cfg: OpenClipConfig, ctx: BuildContext) -> OpenClipBackbone:
 @hookimpl
 def clapkit_register(registrar: Any) -> None:
     registrar.add("backbone", "open_clip", build, config=OpenClipConfig,
-                  test_options=lambda ctx: {"model": TINY_MODEL})
+                  test_options=lambda ctx: {"model": TINY_MODEL},
+                  # recipe check without the weights: the recipe's model, randomly initialised
+                  offline_options=lambda cfg: {"pretrained": ""})
