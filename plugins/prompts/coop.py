@@ -24,9 +24,9 @@ import torch
 from torch import nn
 
 from clapkit import hookimpl
-from clapkit.interfaces import (Backbone, BuildContext, ImageInputs, Prompt, PromptOutput,
+from clapkit.interfaces import (Backbone, BuildContext, ImageInputs, PromptOutput,
                                 StepContext)
-from clapkit.text_prompts import (context_init, placeholder_prefix, prompt_inputs,
+from clapkit.text_prompts import (TemplatePrompt, context_init, placeholder_prefix, prompt_inputs,
                                   prompt_template)
 
 
@@ -77,12 +77,12 @@ def layout_index(eot: torch.Tensor, n_ctx: int, length: int, position: str) -> t
     return src
 
 
-class CoOpPrompt(Prompt):
-    """Text features ``[C,D]`` of learnable-context prompts."""
+class CoOpPrompt(TemplatePrompt):
+    """Text features ``[C,D]`` of learnable-context prompts (``refresh`` re-reads the class
+    names' token embeddings when a stage trains the text tower)."""
 
     def __init__(self, backbone: Backbone, class_texts: Sequence[str], cfg: CoOpConfig) -> None:
-        super().__init__()
-        self._backbone = (backbone,)      # a reference, not a submodule (see module doc)
+        super().__init__(backbone)
         n_ctx, init_vectors = context_init(backbone, cfg.n_ctx, cfg.init, default=16)
         tpl = prompt_template(backbone, class_texts, placeholder_prefix(n_ctx), n_ctx)
         tokens, embedded, eot = tpl.tokens, tpl.embedded, tpl.eot
@@ -94,14 +94,9 @@ class CoOpPrompt(Prompt):
             ctx = torch.randn(shape) * cfg.init_std
         self.n_ctx, self.class_specific, self.position = n_ctx, cfg.class_specific, cfg.position
         self.ctx = nn.Parameter(ctx)
-        self.register_buffer("tokens", tokens, persistent=False)
-        self.register_buffer("embedded", embedded, persistent=False)
+        self.use_template(tpl)
         self.register_buffer("index", layout_index(eot, n_ctx, tokens.shape[1], cfg.position),
                              persistent=False)
-
-    @property
-    def backbone(self) -> Backbone:
-        return self._backbone[0]
 
     def prompt_embeddings(self) -> torch.Tensor:
         """``[C,L,W]`` token embeddings with the context in place."""

@@ -38,3 +38,15 @@ def test_text_tower_probe_tells_text_from_vision_parameters(tiny_clip):
     assert not text_tower_trains(bb, vision)
     assert text_tower_trains(bb, text)
     assert not text_tower_trains(bb, {})
+
+
+def test_coop_refresh_rereads_the_class_name_embeddings(make, ctx, tiny_clip):
+    bb = copy.deepcopy(tiny_clip)
+    c = attrs.evolve(ctx, backbone=bb)
+    p = make("prompt", "coop", c, n_ctx=2)
+    before = p().text.detach().clone()
+    with torch.no_grad():
+        bb.model.token_embedding.weight.add_(torch.randn_like(bb.model.token_embedding.weight))
+    p.refresh()
+    torch.testing.assert_close(p.embedded, bb.token_embedding(p.tokens).float())
+    assert not torch.allclose(p().text.detach(), before)
