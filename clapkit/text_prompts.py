@@ -150,3 +150,17 @@ def image_condition(image: ImageInputs, source: str) -> torch.Tensor:
     """``[B,D]``: the raw CLIP image feature (``raw``, frame and stream mean) or the adapted
     fused feature (``z``)."""
     return image.raw_mean if source == "raw" else image.z
+
+
+def template_features(ctx: BuildContext, templates: Sequence[str], who: str) -> torch.Tensor:
+    """``[C,T,D]``: the L2-normalised text features of every class name in every template
+    (``"{}"`` is the class name, underscores read as spaces); no gradient. The template
+    statistics of CLAP4CLIP's priors and adapter initialisation are computed from these."""
+    bb = ctx.backbone
+    if bb is None:
+        raise ClapkitError(f"{who} needs the backbone (template text features)")
+    sentences = [t.format(c.replace("_", " ")) for c in ctx.class_names for t in templates]
+    with torch.no_grad():
+        feats = torch.nn.functional.normalize(bb.encode_text(bb.tokenize(sentences)).float(),
+                                              dim=-1)
+    return feats.reshape(len(ctx.class_names), len(templates), -1)

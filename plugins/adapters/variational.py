@@ -49,6 +49,7 @@ from torch.distributions import Normal
 from clapkit import hookimpl
 from clapkit.errors import ClapkitError
 from clapkit.interfaces import Adapter, BuildContext, StepContext, TextAdapterOutput
+from clapkit.text_prompts import template_features
 
 DEFAULT_TEMPLATES = ["a photo of a {}.", "a bad photo of a {}.", "a photo of the large {}.",
                      "a photo of the small {}.", "a rendering of a {}.", "itap of a {}."]
@@ -403,13 +404,7 @@ class Variational(Adapter):
 def template_stats(ctx: BuildContext, templates: Sequence[str]
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per class: mean and variance over templates of the L2-normalised text features."""
-    bb = ctx.backbone
-    if bb is None:
-        raise ClapkitError("variational: init = \"text\" needs the backbone")
-    sentences = [t.format(name.replace("_", " ")) for name in ctx.class_names for t in templates]
-    with torch.no_grad():
-        feats = F.normalize(bb.encode_text(bb.tokenize(sentences)).float(), dim=-1)
-    feats = feats.reshape(len(ctx.class_names), len(templates), -1)
+    feats = template_features(ctx, templates, "variational: init = \"text\"")
     return feats.mean(1), feats.var(1, unbiased=False)
 
 

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from clapkit import hookimpl
 from clapkit.errors import ClapkitError
 from clapkit.interfaces import BuildContext, Loss
+from clapkit.text_prompts import template_features
 
 from ._variational_outputs import need_aux, step_classes
 
@@ -78,13 +79,7 @@ class Lasp(Loss):
 
 def template_prior(ctx: BuildContext, templates: list[str]) -> torch.Tensor:
     """``[C,D]``: per class, the mean of its L2-normalised template text features."""
-    bb = ctx.backbone
-    if bb is None:
-        raise ClapkitError("lasp needs the backbone (template text features)")
-    sentences = [t.format(c.replace("_", " ")) for c in ctx.class_names for t in templates]
-    with torch.no_grad():
-        feats = F.normalize(bb.encode_text(bb.tokenize(sentences)).float(), dim=-1)
-    return feats.reshape(len(ctx.class_names), len(templates), -1).mean(1)
+    return template_features(ctx, templates, "lasp").mean(1)
 
 
 def build(cfg: LaspConfig, ctx: BuildContext) -> Lasp:
