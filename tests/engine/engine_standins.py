@@ -293,15 +293,16 @@ def base_overrides(tmp_path) -> list[str]:
 
 
 def ddp_worker(rank: int, world_size: int, port: int, path: str, overrides: list[str],
-               out_dir: str) -> None:
-    """One rank of a gloo process group running ``run_recipe`` (for ``mp.spawn``)."""
+               out_dir: str, extra_env: dict[str, str] | None = None) -> None:
+    """One rank of a gloo process group running ``run_recipe`` (for ``mp.spawn``);
+    ``extra_env`` is set in the rank's environment first."""
     import os
 
     import torch.distributed as dist
 
     from clapkit.engine.runner import run_recipe
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
+                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), **(extra_env or {}))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:

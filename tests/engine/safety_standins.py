@@ -82,15 +82,8 @@ def clapkit_register(registrar):
 
 def ddp_worker(rank: int, world_size: int, port: int, path: str, overrides: list[str],
                out_dir: str, dump: str) -> None:
-    import torch.distributed as dist
-
-    from clapkit.engine.runner import run_recipe
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
-                      CLAPKIT_TEST_DUMP=dump)
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
-    try:
-        run_recipe(path, overrides=overrides, out_dir=out_dir)
-    finally:
-        dist.destroy_process_group()
+    """The engine stand-ins' DDP rank, with ``CLAPKIT_TEST_DUMP`` set (the dump folder the
+    loss stand-ins write their per-rank state to)."""
+    from engine_standins import ddp_worker as run_rank
+    run_rank(rank, world_size, port, path, overrides, out_dir,
+             extra_env={"CLAPKIT_TEST_DUMP": dump})
