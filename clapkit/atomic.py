@@ -80,16 +80,24 @@ def atomic_write_text(path: str | Path, text: str, encoding: str = "utf-8") -> P
     return atomic_write(path, lambda fh: fh.write(text.encode(encoding)))
 
 
-def json_safe(v: Any) -> Any:
-    """A copy of ``v`` that strict JSON accepts: dict keys as strings, tuples as lists and
-    non-finite floats (NaN/inf, e.g. a metric with no samples) as ``null``."""
+def json_safe(v: Any, other: Callable[[Any], Any] | None = None) -> Any:
+    """A copy of ``v`` that strict JSON accepts: dict keys as strings, tuples as lists,
+    tensors/arrays as lists, paths as strings and non-finite floats (NaN/inf, e.g. a metric
+    with no samples) as ``null``. Other objects go through ``other`` (e.g. ``str``) when given,
+    else stay as they are (``json.dumps`` then says what it cannot write)."""
     if isinstance(v, dict):
-        return {str(k): json_safe(x) for k, x in v.items()}
+        return {str(k): json_safe(x, other) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
-        return [json_safe(x) for x in v]
+        return [json_safe(x, other) for x in v]
+    if hasattr(v, "tolist"):                 # torch.Tensor, numpy arrays and scalars
+        return json_safe(v.tolist(), other)
     if isinstance(v, float) and not math.isfinite(v):
         return None
-    return v
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    if isinstance(v, Path):
+        return str(v)
+    return other(v) if other is not None else v
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> Path:

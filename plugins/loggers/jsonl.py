@@ -18,7 +18,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any, TextIO
@@ -27,7 +26,7 @@ import attrs
 
 from clapkit import hookimpl
 from clapkit import validators as v
-from clapkit.atomic import atomic_write_text
+from clapkit.atomic import atomic_write_text, json_safe
 from clapkit.interfaces import BuildContext
 
 CSV_INDEX = ("task", "stage", "epoch")
@@ -57,23 +56,6 @@ def position_key(position: dict[str, Any] | None) -> tuple[int, int, int] | None
     if position.get("phase") == "task_done":
         return (int(position["task"]), TASK_DONE, 0)
     return (int(position["task"]), int(position.get("stage", 0)), int(position.get("epoch", 0)))
-
-
-def json_safe(value: Any) -> Any:
-    """Plain JSON types only: tensors/arrays -> lists, non-finite floats -> None."""
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if hasattr(value, "tolist"):            # torch.Tensor, numpy arrays and scalars
-        return json_safe(value.tolist())
-    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Path):
-        return str(value)
-    return str(value)
 
 
 def _scalar(value: Any) -> float | None:
@@ -149,7 +131,7 @@ class JsonlLogger:
         record = {"event": event, "time": round(time.time(), 3), **fields}
         if record.get("position") is None:
             record.pop("position", None)
-        fh.write(json.dumps(json_safe(record), allow_nan=False) + "\n")
+        fh.write(json.dumps(json_safe(record, other=str), allow_nan=False) + "\n")
         fh.flush()
 
     def _load_csv(self, path: Path, run: Any, resumed: tuple[int, int, int] | None) -> None:
