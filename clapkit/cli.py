@@ -16,18 +16,13 @@ import click
 
 from . import __version__
 from .errors import ClapkitError, NotBuiltYetError
-from .plugins import PluginHost, get_plugin_host
+from .plugins import PluginHost, default_host
 from .registry import KINDS
-
-_host: PluginHost | None = None
 
 
 def host() -> PluginHost:
     """The process-wide plugin host (entry points loaded once)."""
-    global _host
-    if _host is None:
-        _host = get_plugin_host()
-    return _host
+    return default_host()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -23,11 +23,9 @@ import attrs
 import torch
 
 from .atomic import atomic_write_json
-from .build import build_component
 from .errors import ClapkitError
-from .interfaces import BuildContext
 from .metrics import confusion_matrix, per_class_accuracy, uar, war
-from .pipeline import Pipeline, build_pipeline
+from .pipeline import Pipeline
 from .plugins import PluginHost
 from .recipe import Recipe, load_recipe
 
@@ -71,29 +69,17 @@ def prepare(recipe: Recipe, host: PluginHost, *, checkpoint: Path | None = None,
     ``need_split`` (``"test"``) makes sure the recipe's data keys name that split: when the
     recipe sets no ``data.test_split`` but the dataset has a ``test`` split, it is used.
     """
+    from .engine.assembly import assemble, replay_growth
     from .engine.data import RunData
     from .engine.distributed import DistInfo
-    from .engine.runner import resolve_device, seed_everything
-    from .engine.scenario import make_scenario
+    from .engine.setup import resolve_device, seed_everything
 
     seed_everything(recipe.run.seed, False)
     device = resolve_device(recipe.run.device, 0)
-    ctx = BuildContext(host=host, recipe_file=recipe.file, work_dir=work_dir or Path("."),
-                       device=device, seed=recipe.run.seed)
-    source = build_component(recipe.data, ctx)
-    if need_split == "test" and recipe.data.keys.test_split is None:
-        if "test" not in source.splits():
-            raise ClapkitError(f"{recipe.file}: data.test_split: the recipe names no test "
-                               f"split and the dataset has none called 'test' (splits: "
-                               f"{', '.join(source.splits())}); pass --set data.test_split=NAME")
-        recipe = attrs.evolve(recipe, data=attrs.evolve(
-            recipe.data, keys=attrs.evolve(recipe.data.keys, test_split="test")))
-    backbone = build_component(recipe.backbone, ctx)
-    ctx.backbone = backbone
-    sc = make_scenario(recipe.scenario, len(source.classes), file=recipe.file)
-    fill_data_context(ctx, recipe, source, sc)
-    data = RunData(source, recipe, backbone, DistInfo(), recipe.run.seed, device)
-    pipeline = build_pipeline(recipe, ctx, backbone)
+    parts = assemble(recipe, host, device=device, work_dir=work_dir or Path("."),
+                     need_split=need_split)         # the same assembly as run and check
+    recipe, sc, pipeline = parts.recipe, parts.scenario, parts.pipeline
+    data = RunData(parts.source, recipe, parts.backbone, DistInfo(), recipe.run.seed, device)
     task = sc.num_tasks - 1
     position = None
     trained_backbone = False
@@ -108,30 +94,10 @@ def prepare(recipe: Recipe, host: PluginHost, *, checkpoint: Path | None = None,
     else:
         replay_growth(pipeline, sc, task)
     pipeline.to(device)
-    return Prepared(recipe=recipe, pipeline=pipeline, data=data, source=source, scenario=sc,
-                    device=device, class_names=list(ctx.class_names), task=task,
+    return Prepared(recipe=recipe, pipeline=pipeline, data=data, source=parts.source, scenario=sc,
+                    device=device, class_names=list(parts.ctx.class_names), task=task,
                     checkpoint=checkpoint_name, position=position,
                     backbone_trained=trained_backbone)
-
-
-def fill_data_context(ctx: BuildContext, recipe: Recipe, source: Any, scenario: Any) -> None:
-    """What the components' factories read from the data: class names in class order, train
-    class counts, the class -> task map, streams and frames (as the trainer sets them)."""
-    train = recipe.data.keys.train_split
-    counts = source.class_counts(train) if train in source.splits() else None
-    ctx.class_names = [source.classes[o] for o in scenario.order]
-    ctx.class_counts = [counts[o] for o in scenario.order] if counts else None
-    ctx.task_of_class = scenario.task_of_class
-    ctx.streams = tuple(source.streams)
-    ctx.num_frames = source.num_frames
-
-
-def replay_growth(pipeline: Pipeline, scenario: Any, task: int) -> None:
-    """``pipeline.on_task_start`` for tasks ``0..task`` (the outermost components, as the
-    trainer calls it): the per-task modules a run grew exist again before its weights are
-    loaded (growth happens only there)."""
-    for k in range(task + 1):
-        pipeline.on_task_start(k, scenario.seen(k))
 
 
 def _step_config(prep: Prepared, desc: str) -> Any:

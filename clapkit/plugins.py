@@ -257,3 +257,15 @@ def get_plugin_host(modules: list[str] | tuple[str, ...] = (),
     for m in modules:
         host.load_module(m)
     return host
+
+
+_default_host: PluginHost | None = None
+
+
+def default_host() -> PluginHost:
+    """The process-wide host with every entry point loaded (built on first use, then kept):
+    what the command line and helpers without a host of their own use."""
+    global _default_host
+    if _default_host is None:
+        _default_host = get_plugin_host()
+    return _default_host

@@ -1,10 +1,11 @@
 """``clapkit recipe check``: what a run would fail on at build time, found without running it.
 
 After validation (keys, values, plugin names) the check does what a run does before its first
-step, cheaply and never over the network:
+step -- it calls the same :func:`clapkit.engine.assembly.assemble` as ``run`` and ``eval``, so
+it refuses what they refuse with the same message -- cheaply and never over the network:
 
-* the run's own recipe checks (duplicate stage names, options that only make sense together,
-  memory without selector, ...), the same code the trainer runs;
+* the recipe's own rules (duplicate stage names, options that only make sense together,
+  memory without selector, stages that run in no task, ...);
 * the dataset is opened (the scenario's ``task_to_cls_num`` must sum to its classes); when it
   is not on disk, a stand-in of the same layout is generated from the plugin's
   ``test_options`` (tiny) and the class count is not checked;
@@ -26,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import socket
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -146,45 +146,34 @@ def check_recipe(path: str | Path, host: PluginHost,
     ``stand_ins``: build with the data and backbone stand-ins even where the real ones are
     available (the test suite checks every shipped recipe that way, machine-independently).
     """
-    from .engine.runner import Trainer, resolve_device
-    from .engine.scenario import make_scenario
+    from .engine.assembly import PipelineBuildError, assemble, replay_growth
+    from .engine.setup import resolve_device
     from .engine.stages import param_groups, select_parameters
-    from .evaluation import fill_data_context, replay_growth
-    from .pipeline import build_pipeline
 
     recipe = load_recipe(path, host, overrides)
     report = CheckReport(recipe=recipe)
-    with tempfile.TemporaryDirectory(prefix="clapkit-check-") as tmp:
-        Trainer(recipe, host, out_dir=Path(tmp) / "out")        # the run's own checks
     work = work_dir or Path(recipe.cache.dir) / "recipe-check"
     work.mkdir(parents=True, exist_ok=True)
-    ctx = BuildContext(host=host, recipe_file=recipe.file, work_dir=work,
-                       device=resolve_device("cpu", 0), seed=recipe.run.seed)
-    n_notes = len(report.notes)
-    source = _build_with_stand_in(recipe.data, ctx, host, "the data", report.notes,
-                                  stand_ins)
-    real_data = len(report.notes) == n_notes
-    backbone = _build_with_stand_in(recipe.backbone, ctx, host, "the backbone weights",
-                                    report.notes, stand_ins)
-    ctx.backbone = backbone
-    scenario_cfg = recipe.scenario
-    if not real_data and scenario_cfg.task_to_cls_num:
-        report.notes.append("scenario.task_to_cls_num: not checked against the stand-in "
-                            "data's classes")
-        scenario_cfg = attrs.evolve(scenario_cfg, task_to_cls_num=None)
-    sc = make_scenario(scenario_cfg, len(source.classes), file=recipe.file)
-    fill_data_context(ctx, recipe, source, sc)
+
+    def build_part(spec: ComponentSpec, ctx: BuildContext, what: str) -> tuple[Any, bool]:
+        before = len(report.notes)
+        built = _build_with_stand_in(spec, ctx, host, what, report.notes, stand_ins)
+        return built, len(report.notes) > before
+
     try:
-        pipe = build_pipeline(recipe, ctx, backbone)
-    except ClapkitError as exc:
+        parts = assemble(recipe, host, device=resolve_device("cpu", 0), work_dir=work,
+                         builder=build_part)       # the same assembly as run and eval
+    except PipelineBuildError as exc:
         stand_in = next((n for n in report.notes if n.startswith(f"{recipe.backbone.section}:")
                          and n.endswith("test stand-in")), None)
         if stand_in is None:
             raise
         raise ClapkitError(f"{exc} [the pipeline was built on the backbone's test stand-in, "
-                           "since the recipe's weights are not on this machine; the stand-in "
-                           "may be smaller than the recipe's model, so this can be a limit of "
-                           "the stand-in rather than of the recipe]") from exc
+                           "since the recipe's weights are not on this machine; the stand-in may be "
+                           "smaller than the recipe's model, so this can be a limit of the "
+                           "stand-in rather than of the recipe]") from exc
+    report.notes.extend(parts.notes)
+    pipe, sc = parts.pipeline, parts.scenario
     replay_growth(pipe, sc, 0)
     task_kw = "task" in inspect.signature(select_parameters).parameters
     for i, stage in enumerate(recipe.stages):

@@ -9,12 +9,13 @@ import pytest
 from click.testing import CliRunner
 
 from clapkit import cli as cli_mod
+from clapkit import plugins as plugins_mod
 from clapkit.registry import KINDS
 
 
 @pytest.fixture
 def use_fake_host(monkeypatch, fake_host):
-    monkeypatch.setattr(cli_mod, "_host", fake_host)
+    monkeypatch.setattr(plugins_mod, "_default_host", fake_host)
     return fake_host
 
 

@@ -42,7 +42,7 @@ def data() -> None:
 @click.option("--force", is_flag=True, help="Regenerate even when an up-to-date set exists.")
 def make_demo(out: str, kind: str, seed: int, force: bool) -> None:
     """Generate the demo datasets (seconds, no download) in their real on-disk layouts."""
-    from ..cli import host
+    from ..plugins import default_host as host
     from .demo import ensure_demo
 
     h = host()

@@ -62,11 +62,11 @@ def ensure_demo(kind: str, root: str | Path, seed: int = 0, force: bool = False,
                 tiny: bool = False, host: PluginHost | None = None) -> Path:
     """The registered demo set ``kind`` at ``root`` (see :func:`publish_demo`).
 
-    ``host`` defaults to the command line's process-wide plugin host.
+    ``host`` defaults to the process-wide plugin host (:func:`clapkit.plugins.default_host`).
     """
     if host is None:
-        from ..cli import host as cli_host
-        host = cli_host()
+        from ..plugins import default_host
+        host = default_host()
     entry = host.registries["demo"].get(kind)
     return publish_demo(entry.factory, kind, int(entry.meta.get("version", 1)), root, seed,
                         force, tiny)

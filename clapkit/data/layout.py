@@ -51,7 +51,7 @@ def demo_hint(dataset: str) -> str | None:
     """The ``make-demo`` command that generates data of ``dataset``'s layout, and the folder it
     writes, when a registered demo generator reads as that dataset; else None."""
     try:
-        from ..cli import host
+        from ..plugins import default_host as host
         entries = list(host().registries["demo"])
     except Exception:  # noqa: BLE001 - a hint must never hide the real error
         return None

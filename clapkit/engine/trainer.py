@@ -21,18 +21,15 @@ from typing import Any
 import torch
 
 from ..atomic import atomic_write_text
-from ..build import build_component
 from ..build_info import recipe_header
-from ..data.base import require_items_per_class
-from ..errors import ClapkitError, RecipeError
-from ..evaluation import fill_data_context
-from ..interfaces import BuildContext
+from ..errors import RecipeError
 from ..metrics import AccuracyMatrix
-from ..pipeline import Pipeline, build_pipeline
+from ..pipeline import Pipeline
 from ..plugins import PluginHost
 from ..recipe import Recipe
 from . import checkpoint as ckpt
 from . import lifecycle, resume
+from .assembly import assemble, check_recipe_rules
 from .best import BestTracker
 from .data import RunData
 from .distributed import DistInfo, init_distributed, shutdown
@@ -42,7 +39,7 @@ from .memory import select_exemplars
 from .scenario import Scenario, make_scenario
 from .setup import resolve_device, resolve_out_dir, seed_everything
 from .stage_runner import run_stage
-from .stages import check_stage, expand_glob, glob_matches
+from .stages import expand_glob, glob_matches
 from .state import RunState
 from .summary import build_summary, final_metrics, write_summary
 from .task_eval import evaluate_task
@@ -62,24 +59,8 @@ class Trainer:
     # -- checks -----------------------------------------------------------------------------
 
     def _check_recipe(self) -> None:
-        r, f = self.recipe, self.recipe.file
-        names = [s.name for s in r.stages]
-        dup = next((n for n in names if names.count(n) > 1), None)
-        if dup:
-            raise RecipeError(f, "stages", f"two stages are named '{dup}'")
-        for i, s in enumerate(r.stages):
-            check_stage(s, file=f, key=f"stages[{i}]")
-            if (s.data == "memory" or s.after_memory) and r.memory.size == 0:
-                what = "data = \"memory\"" if s.data == "memory" else "after_memory = true"
-                raise RecipeError(f, f"stages[{i}].{'data' if s.data == 'memory' else 'after_memory'}",
-                                  f"stage '{s.name}': {what} needs a replay memory "
-                                  "(memory.size > 0)")
-        if r.memory.size > 0 and r.selector is None:
-            raise RecipeError(f, "selector", "memory.size > 0 needs a [selector] that picks "
-                              "the exemplars (e.g. plugin = \"random\" or \"herding\")")
-        if r.selector is not None and r.memory.size == 0:
-            raise RecipeError(f, "memory.size", "a [selector] is set but memory.size = 0, so "
-                              "it would never be used; set a memory size or drop [selector]")
+        """The recipe's own rules, before the output folder is claimed."""
+        check_recipe_rules(self.recipe)
 
     # -- the run ------------------------------------------------------------------------------
 
@@ -94,26 +75,14 @@ class Trainer:
 
     def _build(self) -> None:
         r, info = self.recipe, self.info
-        ctx = BuildContext(host=self.host, recipe_file=r.file, work_dir=self.out,
-                           device=self.device, seed=r.run.seed)
-        # the data before the backbone: a missing dataset is reported before any weights
-        # are downloaded (the dataset factories do not need the backbone)
-        source = self._build_source(ctx)
-        if r.data.keys.train_split in source.splits():
-            require_items_per_class(source, r.data.keys.train_split)   # empty class: error
-        backbone = build_component(r.backbone, ctx)
-        ctx.backbone = backbone
-        self.scenario: Scenario = make_scenario(r.scenario, len(source.classes), file=r.file)
+        parts = assemble(r, self.host, device=self.device, work_dir=self.out,
+                         check_rules=False)          # the same assembly as eval and check
+        source, backbone, ctx = parts.source, parts.backbone, parts.ctx
+        self.scenario: Scenario = parts.scenario
         sc = self.scenario
-        for i, s in enumerate(r.stages):
-            if not any(s.runs_in(t) for t in range(sc.num_tasks)):
-                raise RecipeError(r.file, f"stages[{i}].tasks",
-                                  f"stage '{s.name}' runs in no task: tasks = \"{s.tasks}\" "
-                                  f"but the scenario has {sc.num_tasks} task(s) (0-based)")
-        fill_data_context(ctx, r, source, sc)      # the same as `clapkit eval` and the check
         self.data = RunData(source, r, backbone, info, r.run.seed, self.device)
-        self.pipeline: Pipeline = build_pipeline(r, ctx, backbone).to(self.device)
-        self.selector = build_component(r.selector, ctx) if r.selector else None
+        self.pipeline: Pipeline = parts.pipeline.to(self.device)
+        self.selector = parts.selector
         self.ctx = ctx
         self.remap = sc.remap_table()
         self.task_of_class_t = torch.as_tensor(sc.task_of_class, dtype=torch.long)
@@ -164,19 +133,6 @@ class Trainer:
         finally:
             self.events.detach()
         return summary
-
-    def _build_source(self, ctx: BuildContext) -> Any:
-        """The dataset; when it cannot be opened and a ``demo_<recipe>.toml`` sits beside
-        the recipe, the one-line error says how to run that demo instead."""
-        try:
-            return build_component(self.recipe.data, ctx)
-        except ClapkitError as exc:
-            f = Path(self.recipe.data.file or self.recipe.file or "")
-            demo = f.with_name(f"demo_{f.name}")
-            if f.name and not f.name.startswith("demo_") and demo.is_file():
-                raise ClapkitError(f"{exc} -- to try this recipe's pipeline on generated data "
-                                   f"instead, run: clapkit run {demo}") from exc
-            raise
 
     # -- tasks --------------------------------------------------------------------------------
 
