@@ -10,6 +10,7 @@ import pytest
 
 from clapkit import hookimpl
 from clapkit.errors import ClapkitError, DuplicateComponentError, UnknownComponentError
+from clapkit import plugins as plugins_mod
 from clapkit.plugins import PluginHost, get_plugin_host
 from clapkit.registry import KINDS
 
@@ -114,7 +115,7 @@ def test_plugins_can_add_cli_commands(monkeypatch):
 
     host = get_plugin_host()
     host.add_plugin(types.SimpleNamespace(clapkit_add_commands=clapkit_add_commands), "cmd", "d")
-    monkeypatch.setattr(cli_mod, "_host", host)
+    monkeypatch.setattr(plugins_mod, "_default_host", host)
     monkeypatch.setattr(cli_mod, "_extended", False)
     group = cli_mod.get_cli()
     try:
@@ -243,7 +244,7 @@ def test_clapkit_plugins_lists_failed_plugins_with_location(tmp_path, monkeypatc
     monkeypatch.setattr(md, "entry_points", lambda group: [_ep("listed_bad", "listed_bad_zz")])
     host = PluginHost()
     host.load_entry_points(autoload_third_party=True)
-    monkeypatch.setattr(cli_mod, "_host", host)
+    monkeypatch.setattr(plugins_mod, "_default_host", host)
     for args, tb in ((["plugins"], False), (["--debug", "plugins"], True)):
         with pytest.raises(SystemExit):
             cli_mod.main(args)
@@ -259,7 +260,7 @@ def test_recipe_plugin_import_error_is_one_line_and_debug_shows_the_cause(
     path = _write_module(tmp_path, monkeypatch, "recipe_bad_zz", "x = 1\nraise_here(\n")
     recipe = tmp_path / "r.toml"
     recipe.write_text('plugins = ["recipe_bad_zz"]\n' + minimal_recipe.read_text())
-    monkeypatch.setattr(cli_mod, "_host", fake_host)
+    monkeypatch.setattr(plugins_mod, "_default_host", fake_host)
     with pytest.raises(SystemExit) as ex:
         cli_mod.main(["recipe", "check", str(recipe)])     # plugins load before any build
     err = capsys.readouterr().err
