@@ -103,6 +103,17 @@ def clapkit_task_evaluate(run: Any, task: int, evaluation: Any) -> dict[str, Any
     """
 
 
+@hookspec
+def clapkit_epoch_evaluate(run: Any, task: int, epoch: int, evaluation: Any
+                           ) -> dict[str, Any] | None:
+    """Extend the evaluation of an evaluated epoch (every ``run.eval_every``-th, and a
+    stage's last), before model selection: what it returns joins the epoch's metrics, so
+    ``run.select`` may name it (e.g. ``{"valid/i2t_r1": 0.4}``). ``evaluation`` is the
+    same :class:`clapkit.engine.task_eval.TaskEvaluation` as in ``clapkit_task_evaluate``;
+    a key already set is an error.
+    """
+
+
 EVENT_HOOKS: tuple[str, ...] = (
     "clapkit_run_start", "clapkit_run_end", "clapkit_task_start", "clapkit_task_end",
     "clapkit_stage_start", "clapkit_stage_end", "clapkit_epoch_end", "clapkit_checkpoint_saved",

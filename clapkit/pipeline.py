@@ -3,7 +3,8 @@
     streams [B,T,3,H,W] --backbone (or cache)--> f_s [B,T,D] --image adapters--> f_s
       --video adapter--> z_s [B,D] --fusion--> z [B,D]
     prompts -> views {name: [C,D] | [B,C,D]} --text adapters(t, z)--> t [.., C, D]
-    head(z, t, views) -> logits [B,C] (+ per-sample logits)
+    head(z, t, views) -> logits [B,C] (+ per-sample logits); no [head]: no logits, the
+    losses read the features (image-text objectives)
 
 Parameter names follow the recipe's component keys, so stages select them with globs:
 ``backbone.*``, ``prompts.<name>.*``, ``adapters.<name>[.<stream>].*``, ``router.*``,
@@ -38,7 +39,7 @@ class Pipeline(nn.Module):
 
     def __init__(self, *, backbone: Backbone, prompts: dict[str, Prompt],
                  adapters: dict[str, nn.Module], adapter_places: dict[str, str],
-                 head: Head, head_view: str, losses: dict[str, Loss],
+                 head: Head | None, head_view: str, losses: dict[str, Loss],
                  loss_keys: dict[str, LossKeys], streams: tuple[str, ...],
                  task_of_class: list[int], router: Router | None = None,
                  num_samples: int = 1) -> None:
@@ -127,12 +128,12 @@ class Pipeline(nn.Module):
         the base outputs, ``views.<prompt>``, ``aux.<prompt|text adapter>.<key>`` (from
         ``aux_keys``), ``distributions.<text adapter>``, and ``sample_logits`` /
         ``sample_mask`` when the model samples."""
-        out = set(BASE_OUTPUTS)
+        out = set(BASE_OUTPUTS) - ({"logits"} if self.head is None else set())
         out |= {f"views.{n}" for n in self.prompts}
         for name, comp in self.aux_sources().items():
             out |= {f"aux.{name}.{k}" for k in getattr(comp, "aux_keys", ())}
         out |= {f"distributions.{n}" for n in self.text_adapter_names()}
-        if self.has_samples():
+        if self.has_samples() and self.head is not None:
             out |= {"sample_logits", "sample_mask"}
         return out
 
@@ -215,8 +216,11 @@ class Pipeline(nn.Module):
                 queries = getattr(res, "queries", None)
                 if queries is not None:
                     step = attrs.evolve(step, queries=queries)
-        head_out = self.head(z, text, views)
-        self._check(head_out.logits, [[("B", b), c] for c in cs], "head", "logits")
+        if self.head is None:            # no classifier: the losses read features/text
+            head_out = HeadOutput(logits=None)    # type: ignore[arg-type]
+        else:
+            head_out = self.head(z, text, views)
+            self._check(head_out.logits, [[("B", b), c] for c in cs], "head", "logits")
         if head_out.sample_logits is not None:
             self._check(head_out.sample_logits, [[("S", None), ("B", b), c] for c in cs],
                         "head", "sample_logits")
@@ -250,7 +254,7 @@ class Pipeline(nn.Module):
     def compute_losses(self, outputs: dict[str, Any], batch: dict[str, Any],
                        epoch: int) -> tuple[torch.Tensor, dict[str, float]]:
         """``total = sum_i w_i(epoch) * L_i``; every term is returned for logging."""
-        total = outputs["logits"].new_zeros(())
+        total = outputs["z"].new_zeros((), dtype=torch.float32)
         terms: dict[str, float] = {}
         for name, loss in self.losses.items():
             w = self.loss_keys[name].weight_at(epoch)
@@ -377,11 +381,11 @@ def build_pipeline(recipe: Recipe, ctx: BuildContext, backbone: Backbone | None 
                            f"{', '.join(ctx.streams)} but no fusion adapter combines them "
                            "(add e.g. [adapters.fusion] plugin = \"concat_linear\")")
     router = build_component(recipe.router, ctx) if recipe.router else None
-    head_view = recipe.head.keys.view or next(iter(recipe.prompts))
+    head_view = (recipe.head.keys.view if recipe.head else None) or next(iter(recipe.prompts))
     if head_view not in prompts:
-        raise ClapkitError(f"{recipe.head.file}: head.view: no prompt named '{head_view}' "
-                           f"(prompts: {', '.join(prompts)})")
-    head = build_component(recipe.head, ctx)
+        raise ClapkitError(f"{recipe.head.file if recipe.head else recipe.file}: head.view: "
+                           f"no prompt named '{head_view}' (prompts: {', '.join(prompts)})")
+    head = build_component(recipe.head, ctx) if recipe.head else None
     losses = {n: build_component(s, ctx) for n, s in recipe.losses.items()}
     pipe = Pipeline(backbone=backbone, prompts=prompts, adapters=adapters,
                     adapter_places=places, head=head, head_view=head_view, losses=losses,

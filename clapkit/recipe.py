@@ -46,7 +46,7 @@ COMPONENT_SECTIONS: dict[str, tuple[str, type, bool, bool]] = {
     "prompts": ("prompt", NoKeys, True, True),
     "adapters": ("adapter", AdapterKeys, True, False),
     "router": ("router", NoKeys, False, False),
-    "head": ("head", HeadKeys, False, True),
+    "head": ("head", HeadKeys, False, False),     # optional: runs without a classifier
     "losses": ("loss", LossKeys, True, True),
     "selector": ("selector", NoKeys, False, False),
     "log": ("logger", NoKeys, True, False),
@@ -107,7 +107,7 @@ class Recipe:
     prompts: dict[str, ComponentSpec]
     adapters: dict[str, ComponentSpec]
     router: ComponentSpec | None
-    head: ComponentSpec
+    head: ComponentSpec | None
     losses: dict[str, ComponentSpec]
     selector: ComponentSpec | None
     log: dict[str, ComponentSpec]
@@ -119,7 +119,8 @@ class Recipe:
                                     *self.adapters.values()]
         if self.router:
             out.append(self.router)
-        out.append(self.head)
+        if self.head:
+            out.append(self.head)
         out += list(self.losses.values())
         if self.selector:
             out.append(self.selector)

@@ -122,6 +122,10 @@ class RunConfig:
     num_samples: int = attrs.field(default=1, validator=v.number(1, 10_000))  # forward_times
     eval_every: int = attrs.field(default=1, validator=_positive)
     progress: bool = True
+    #: the metric that selects a task's model (``best.pt``) among its evaluated epochs:
+    #: "auto" (valid UAR when the recipe classifies), "last" (no selection), or a metric
+    #: name an evaluation produces, e.g. "valid/war" or a plugin's "valid/i2t_r1"
+    select: str = attrs.field(default="auto", validator=v.non_empty)
 
 
 @attrs.frozen

@@ -28,6 +28,7 @@ from ..interfaces import BuildContext
 from ..pipeline import Pipeline, build_pipeline
 from ..plugins import PluginHost
 from ..recipe import ComponentSpec, Recipe
+from .best import CLASSIFICATION_METRICS
 from .data import check_splits
 from .scenario import Scenario, make_scenario
 from .stages import check_stage
@@ -84,6 +85,11 @@ def check_recipe_rules(recipe: Recipe) -> None:
         raise RecipeError(f, "memory.size", "a [selector] is set but memory.size = 0, so "
                           "it would never be used; set a memory size or drop [selector]")
     check_stages_run(r)
+    if r.head is None and r.run.select in CLASSIFICATION_METRICS:
+        raise RecipeError(f, "run.select", f"'{r.run.select}' is a classification metric but "
+                          "the recipe has no [head], so nothing computes it; select a metric "
+                          "an evaluation plugin produces, or \"last\" (no selection)",
+                          allowed=["auto", "last", "<a plugin's metric>"], got=r.run.select)
 
 
 def check_stages_run(recipe: Recipe) -> None:

@@ -251,7 +251,8 @@ def train_epoch(model: nn.Module, pipeline: nn.Module, loader: Iterable,
         count += n
         for k, v in terms.items():
             term_sums[k] = term_sums.get(k, 0.0) + float(v) * n
-        meter.update(outputs["logits"].float(), batch["label"])
+        if outputs.get("logits") is not None:    # classification is one objective of many
+            meter.update(outputs["logits"].float(), batch["label"])
         if bar.disable is False:
             acc = float(meter.confusion.diagonal().sum()) / max(1, meter.count)
             shown = terms["total"] if "total" in terms else float(total.detach())
@@ -322,15 +323,17 @@ def evaluate(pipeline: nn.Module, loader: Iterable, cfg: StepConfig, info: DistI
         batch["step"] = step_context(cfg, 0, None, training=False)
         with cfg.amp.autocast():
             outputs = restrict_logits(pipeline(batch), cfg.seen)
-        logits = outputs["logits"].float()
-        meter.update(logits, batch["label"])
+        logits = outputs["logits"].float() if outputs.get("logits") is not None else None
+        if logits is not None:
+            meter.update(logits, batch["label"])
         if on_outputs is not None:
             on_outputs(batch, outputs)
         if collect:
             parts["index"].append(batch["index"].cpu())
             parts["label"].append(batch["label"].cpu())
             parts["z"].append(outputs["z"].float().cpu())
-            parts["logits"].append(logits.cpu())
+            if logits is not None:
+                parts["logits"].append(logits.cpu())
             parts["raw"].append({s: f.float().cpu() for s, f in outputs.get("raw", {}).items()})
             if outputs.get("sample_logits") is not None:
                 parts["sample_logits"].append(outputs["sample_logits"].float().cpu())
@@ -347,5 +350,7 @@ def evaluate(pipeline: nn.Module, loader: Iterable, cfg: StepConfig, info: DistI
               if parts["sample_logits"] else (None, None))
     raws = {s: torch.cat([r[s] for r in parts["raw"]]) for s in parts["raw"][0]}
     return meter, Collected(index=torch.cat(parts["index"]), label=torch.cat(parts["label"]),
-                            z=torch.cat(parts["z"]), logits=torch.cat(parts["logits"]),
+                            z=torch.cat(parts["z"]),
+                            logits=(torch.cat(parts["logits"]) if parts["logits"]
+                                    else torch.zeros(0, cfg.num_classes)),
                             sample_logits=sl, sample_mask=sm, raw=raws)

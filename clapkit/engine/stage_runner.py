@@ -9,11 +9,12 @@ from typing import Any
 
 import torch
 
-from ..errors import ClapkitError
+from ..errors import ClapkitError, RecipeError
 from ..sections import StageConfig
 from .distributed import wrap
 from .loop import TrainStep, make_scaler, train_epoch
 from .resume import save_best, save_last
+from .task_eval import plugin_metrics, task_evaluation
 from .stages import apply_freezing, build_optimizer, build_scheduler, param_groups, \
     select_parameters
 
@@ -107,9 +108,11 @@ def run_stage(tr: Any, task: int, s_idx: int, stage: StageConfig, first_epoch: i
                 metrics[f"lr/{name}"] = lr
             last = epoch == stage.epochs - 1
             if last or (epoch + 1) % r.run.eval_every == 0:
-                va = tr.evaluate_split(tr.data.valid_split, task, cached, "valid")
-                metrics["valid/war"], metrics["valid/uar"] = va["war"], va["uar"]
-                metrics["valid/confusion"] = va["confusion"]
+                if pipe.head is not None:
+                    va = tr.evaluate_split(tr.data.valid_split, task, cached, "valid")
+                    metrics["valid/war"], metrics["valid/uar"] = va["war"], va["uar"]
+                    metrics["valid/confusion"] = va["confusion"]
+                epoch_evaluations(tr, task, epoch, metrics)
             improved = tr.best.update(metrics)
             metrics.update(tr.best.metrics())
             metrics["select_split"] = tr.data.valid_split
@@ -130,3 +133,16 @@ def run_stage(tr: Any, task: int, s_idx: int, stage: StageConfig, first_epoch: i
                            f"({', '.join(stage.train)}); check its train globs and the "
                            "loss weights and warmups")
     tr.events.fire("clapkit_stage_end", task=task, stage=stage.name)
+
+
+def epoch_evaluations(tr: Any, task: int, epoch: int, metrics: dict[str, Any]) -> None:
+    """The plugins' epoch evaluations join ``metrics``; then the selection metric must be
+    among them (else the run would silently never select a model)."""
+    plugin_metrics(tr, task, task_evaluation(tr, task), metrics,
+                   hook=tr.host.hook.clapkit_epoch_evaluate, epoch=epoch)
+    want = tr.best.criterion
+    if want is not None and want not in metrics:
+        produced = sorted(k for k, v in metrics.items() if isinstance(v, (int, float)))
+        raise RecipeError(tr.recipe.file, "run.select",
+                          f"'{want}' is not a metric this run's evaluations produce",
+                          allowed=["last", *produced], got=want)

@@ -57,14 +57,23 @@ class TaskEvaluation:
         return meter
 
 
+def task_evaluation(tr: Any, task: int) -> TaskEvaluation:
+    """What an evaluation hook sees of the run at ``task``."""
+    sc = tr.scenario
+    return TaskEvaluation(task=task, seen_classes=tr.seen(task), num_tasks=sc.num_tasks,
+                          task_of_class=list(sc.task_of_class),
+                          splits={"valid": tr.data.valid_split,
+                                  **({"test": tr.data.test_split} if tr.data.test_split
+                                     else {})},
+                          pipeline=tr.pipeline, tr=tr)
+
+
 def evaluate_task(tr: Any, task: int) -> dict[str, Any]:
     """The task-end metrics (see the module docstring); records the accuracy-matrix row."""
     sc = tr.scenario
-    ev = TaskEvaluation(task=task, seen_classes=tr.seen(task), num_tasks=sc.num_tasks,
-                        task_of_class=list(sc.task_of_class),
-                        splits={"valid": tr.data.valid_split,
-                                **({"test": tr.data.test_split} if tr.data.test_split else {})},
-                        pipeline=tr.pipeline, tr=tr)
+    ev = task_evaluation(tr, task)
+    if tr.pipeline.head is None:     # no classifier: the plugins' evaluations only
+        return plugin_metrics(tr, task, ev, {})
     seen_tasks = list(range(task + 1))
     aware = TaskAwareMeter(sc.task_of_class, tr.device)
     calib = CalibrationMeter(device=tr.device)
@@ -92,10 +101,19 @@ def evaluate_task(tr: Any, task: int) -> dict[str, Any]:
                         "test/confusion": te["confusion"]})
     if task < sc.num_tasks - 1:
         metrics.update(novelty_detection(ev))
-    for extra in tr.host.hook.clapkit_task_evaluate(run=tr.state, task=task, evaluation=ev):
+    return plugin_metrics(tr, task, ev, metrics)
+
+
+def plugin_metrics(tr: Any, task: int, ev: TaskEvaluation, metrics: dict[str, Any],
+                   hook: Any = None, **extra_args: Any) -> dict[str, Any]:
+    """``metrics`` plus what every implementation of ``hook`` (``clapkit_task_evaluate``
+    by default) returns: retrieval, captioning, ... arrive here, beside accuracy; a name set
+    twice is an error."""
+    hook = hook or tr.host.hook.clapkit_task_evaluate
+    for extra in hook(run=tr.state, task=task, evaluation=ev, **extra_args):
         for k, v in (extra or {}).items():
             if k in metrics:
-                raise ClapkitError(f"a clapkit_task_evaluate hook returned metric '{k}', "
+                raise ClapkitError(f"a {hook.name} hook returned metric '{k}', "
                                    "which is already set; choose another name")
             metrics[k] = v
     return metrics

@@ -30,7 +30,7 @@ from ..recipe import Recipe
 from . import checkpoint as ckpt
 from . import lifecycle, resume
 from .assembly import assemble, check_recipe_rules
-from .best import BestTracker
+from .best import BestTracker, selection_metric
 from .data import RunData
 from .distributed import DistInfo, init_distributed, shutdown
 from .events import Events
@@ -112,7 +112,7 @@ class Trainer:
         self.memory: list[int] = []
         self.task_memory: list[int] = []
         self.acc = AccuracyMatrix()
-        self.best = BestTracker()
+        self.best = BestTracker(criterion=selection_metric(r.run.select, r.head is not None))
         self.last_task_metrics: dict[str, Any] = {}
         self.backbone_trained = False
         if st is not None:
