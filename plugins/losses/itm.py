@@ -1,0 +1,102 @@
+"""`itm`: image-text matching with hard negatives (BLIP's ITM).
+
+The image-grounded text encoder (:class:`~._grounded_text.GroundedTextTransformer`, mode
+``encode``) fuses a caption with the image tokens; a linear layer on its **[Encode]** output
+classifies the pair as matching (1) or not (0). Per batch: the ``B`` positive pairs, for each
+image one negative caption and for each caption one negative image::
+
+    L = CE(head(enc(t_b, I_b)), 1) + CE(head(enc(t_neg(b), I_b)), 0) + CE(head(enc(t_b,
+        I_neg(b))), 0)     (mean over the 3B pairs)
+
+**Hard negative mining**: the negative caption of image ``i`` is drawn from
+``softmax(s v_i t^T)`` over the batch with every caption of the *same image id* masked out
+(a duplicate image id is a positive, never a negative), so more similar -- harder --
+captions are chosen more often; likewise for the negative image of a caption. A row whose
+every column shares its image id has no negative: it is left out (``valid`` is False).
+
+:func:`sample_hard_negatives` draws all rows at once (one ``torch.multinomial`` call);
+:func:`sample_hard_negatives_naive` is the per-row loop of the reference code, kept for the
+benchmark and as the test's reference distribution.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._grounded_text import GroundedTextTransformer
+
+
+def negative_weights(sim: torch.Tensor, row_ids: torch.Tensor, col_ids: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(weights [R,K], valid [R])``: softmax of the similarities over the columns of a
+    *different* image id (positives get weight 0); rows with no such column are not valid
+    (their weights are uniform placeholders, never to be used)."""
+    if sim.shape != (row_ids.shape[0], col_ids.shape[0]):
+        raise ValueError(f"similarities {tuple(sim.shape)} for {row_ids.shape[0]} rows and "
+                         f"{col_ids.shape[0]} columns")
+    same = row_ids[:, None] == col_ids[None, :]
+    valid = ~same.all(1)
+    logits = sim.detach().float().masked_fill(same, float("-inf"))
+    logits[~valid] = 0.0
+    return torch.softmax(logits, dim=1), valid
+
+
+def sample_hard_negatives(sim: torch.Tensor, row_ids: torch.Tensor, col_ids: torch.Tensor,
+                          generator: torch.Generator | None = None
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One negative column per row, drawn from :func:`negative_weights` (vectorised):
+    ``(index [R], valid [R])``."""
+    w, valid = negative_weights(sim, row_ids, col_ids)
+    idx = torch.multinomial(w, 1, generator=generator).squeeze(1)
+    return idx, valid
+
+
+def sample_hard_negatives_naive(sim: torch.Tensor, row_ids: torch.Tensor,
+                                col_ids: torch.Tensor, generator: torch.Generator | None = None
+                                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same draw row by row (a softmax and a multinomial per row, as BLIP's loop)."""
+    idx, valid = [], []
+    for r in range(sim.shape[0]):
+        neg = row_ids[r] != col_ids
+        if not bool(neg.any()):
+            idx.append(0)
+            valid.append(False)
+            continue
+        w = torch.softmax(sim[r].detach().float(), 0).masked_fill(~neg, 0.0)
+        idx.append(int(torch.multinomial(w, 1, generator=generator)))
+        valid.append(True)
+    return torch.tensor(idx, dtype=torch.long), torch.tensor(valid)
+
+
+class ItmObjective(nn.Module):
+    """ITM head + loss over a grounded text encoder (shared with ``caption_lm``)."""
+
+    def __init__(self, encoder: GroundedTextTransformer) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = nn.Linear(encoder.width, 2)
+
+    def match_logits(self, text: torch.Tensor, pad_mask: torch.Tensor | None,
+                     image: torch.Tensor) -> torch.Tensor:
+        """``[B,2]`` (no match, match) logits of aligned (text, image) pairs."""
+        return self.head(self.encoder.encode(text, pad_mask, image))
+
+    def forward(self, text: torch.Tensor, pad_mask: torch.Tensor | None, image: torch.Tensor,
+                sim_i2t: torch.Tensor, ids: torch.Tensor,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        """``text [B,L,W]`` token states, ``image [B,N,Wv]`` tokens, ``sim_i2t [B,B]`` ITC
+        similarities (image rows, caption columns; only read without gradient), ``ids [B]``
+        image id codes of the rows."""
+        neg_text, ok_t = sample_hard_negatives(sim_i2t, ids, ids, generator)      # per image
+        neg_image, ok_i = sample_hard_negatives(sim_i2t.t(), ids, ids, generator)  # per text
+        rows = torch.arange(text.shape[0], device=text.device)
+        ti = torch.cat([rows, neg_text[ok_t].to(rows.device), rows[ok_i.to(rows.device)]])
+        ii = torch.cat([rows, rows[ok_t.to(rows.device)], neg_image[ok_i].to(rows.device)])
+        labels = torch.cat([torch.ones_like(rows), torch.zeros(len(ti) - len(rows),
+                                                               dtype=torch.long,
+                                                               device=rows.device)])
+        mask = pad_mask[ti] if pad_mask is not None else None
+        logits = self.match_logits(text[ti], mask, image[ii])
+        return F.cross_entropy(logits.float(), labels)

@@ -1,0 +1,78 @@
+"""Caption LM: equals the caption term of open_clip's CoCaLoss without smoothing, the
+smoothing formula, padding ignored, and a decoder that learns a caption."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from open_clip.loss import CoCaLoss
+
+from clapkit_plugins.losses._grounded_text import GroundedTextTransformer
+from clapkit_plugins.losses.caption_lm import (CaptionLmObjective, caption_lm_loss,
+                                               next_token_split)
+
+
+def _batch(seed=0, b=3, length=7, vocab=11):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(b, length, vocab, generator=g)
+    labels = torch.randint(1, vocab, (b, length), generator=g)
+    labels[0, 5:] = 0                                    # padding after the end token
+    labels[2, 3:] = 0
+    return logits, labels
+
+
+def test_equals_open_clip_coca_caption_loss_without_smoothing():
+    logits, labels = _batch()
+    coca = CoCaLoss(caption_loss_weight=1.0, clip_loss_weight=0.0, pad_id=0)
+    feats = torch.randn(3, 4)
+    _, want = coca(feats, feats, logits, labels, torch.tensor(1.0))
+    assert torch.allclose(caption_lm_loss(logits, labels, 0, smoothing=0.0), want, atol=1e-6)
+
+
+def test_label_smoothing_formula_over_the_real_tokens():
+    logits, labels = _batch(1)
+    eps = 0.1
+    logp = logits.log_softmax(-1)
+    real = labels != 0
+    nll = -logp.gather(-1, labels[..., None]).squeeze(-1)
+    uniform = -logp.mean(-1)
+    want = ((1 - eps) * nll + eps * uniform)[real].mean()
+    assert torch.allclose(caption_lm_loss(logits, labels, 0, smoothing=eps), want, atol=1e-6)
+
+
+def test_padding_positions_do_not_count():
+    logits, labels = _batch(2)
+    other = logits.clone()
+    other[labels == 0] = torch.randn_like(other[labels == 0]) * 50
+    assert torch.allclose(caption_lm_loss(logits, labels), caption_lm_loss(other, labels))
+    with pytest.raises(ValueError, match="every label is padding"):
+        caption_lm_loss(logits, torch.zeros_like(labels))
+
+
+def test_next_token_split():
+    x, y = next_token_split(torch.tensor([[5, 6, 7, 0]]))
+    assert x.tolist() == [[5, 6, 7]] and y.tolist() == [[6, 7, 0]]
+
+
+def test_decoder_learns_to_caption_two_images():
+    torch.manual_seed(0)
+    vocab, width = 12, 16
+    dec = GroundedTextTransformer(width, 2, 2, image_width=8, seed=0)
+    obj = CaptionLmObjective(dec, vocab, pad_id=0, smoothing=0.0)
+    embed = torch.nn.Embedding(vocab, width)
+    tokens = torch.tensor([[1, 3, 4, 5, 11, 0], [1, 6, 7, 8, 9, 11]])   # SOT .. EOT (11), pad 0
+    images = torch.randn(2, 3, 8)
+    opt = torch.optim.Adam([*obj.parameters(), *embed.parameters()], lr=3e-3)
+    first = None
+    for _ in range(150):
+        loss = obj(embed(tokens), tokens, images)
+        first = float(loss.detach()) if first is None else first
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(loss.detach()) < 0.05 * first
+    logits = obj.token_logits(embed(tokens[:, :-1]), None, images)
+    pred = logits.argmax(-1)
+    real = tokens[:, 1:] != 0
+    assert torch.equal(pred[real], tokens[:, 1:][real])
