@@ -81,20 +81,34 @@ _set_option = click.option("--set", "overrides", multiple=True, metavar="KEY=VAL
 @_set_option
 @click.option("--static", is_flag=True,
               help="Only validate keys and values; do not build the pipeline.")
-def recipe_check(file: Path, overrides: tuple[str, ...], static: bool) -> None:
+@click.option("--strict", is_flag=True,
+              help="Exit 1 when data or weights are not on this machine (a stand-in was "
+                   "used): the status says whether the recipe runs here as it is.")
+def recipe_check(file: Path, overrides: tuple[str, ...], static: bool, strict: bool) -> None:
     """Validate FILE and build its pipeline as a run would (data, backbone without network,
     components, stage parameter globs), without training. Stand-ins used for data or
-    weights that are not on this machine are listed as notes."""
+    weights that are not on this machine are listed as notes (with --strict: errors)."""
     from .recipe import load_recipe
+    if static and strict:
+        raise ClapkitError("--static and --strict contradict each other: --strict builds the "
+                           "recipe to find the data and weights it lacks, --static builds "
+                           "nothing")
     if static:
         recipe = load_recipe(file, host(), overrides)
         click.echo(f"{file}: ok ({len(recipe.components())} components, "
                    f"{len(recipe.stages)} stages; not built)")
         return
-    from .recipe_check import check_recipe
+    from .recipe_check import check_recipe, missing_on_machine
     report = check_recipe(file, host(), overrides)
     for note in report.notes:
         click.echo(f"note: {note}")
+    missing = missing_on_machine(report) if strict else []
+    if missing:
+        for line in missing:
+            click.echo(f"missing: {line}", err=True)
+        click.echo(f"{file}: valid, but {len(missing)} thing(s) it needs are not on this "
+                   "machine (--strict)", err=True)
+        raise click.exceptions.Exit(1)
     stages = ", ".join(f"{n}: {k} tensors" for n, k in report.stages.items())
     click.echo(f"{file}: ok ({len(report.recipe.components())} components, "
                f"{len(report.recipe.stages)} stages trainable: {stages or 'none'})")
@@ -119,10 +133,15 @@ def recipe_show(file: Path, overrides: tuple[str, ...]) -> None:
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint in the output.")
 @click.option("--overwrite", is_flag=True,
               help="Replace the run already in the output folder (its checkpoints, logs, ...).")
+@click.option("--threads", type=click.IntRange(0, 1024), default=None, metavar="N",
+              help="CPU threads torch uses for the run (sets run.threads; recipe default 1, "
+                   "0 = torch's default of one per core). Figures depend on it.")
 def run_cmd(file: Path, overrides: tuple[str, ...], out_dir: Path | None, resume: bool,
-            overwrite: bool) -> None:
+            overwrite: bool, threads: int | None) -> None:
     """Train and evaluate the recipe FILE (into a folder no other run holds: continue one
     with --resume, replace it with --overwrite)."""
+    if threads is not None:          # after the --set overrides: the option wins
+        overrides = (*overrides, f"run.threads={threads}")
     try:
         runner = importlib.import_module("clapkit.engine.runner")
     except ModuleNotFoundError as exc:

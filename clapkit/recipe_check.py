@@ -19,7 +19,9 @@ it refuses what they refuse with the same message -- cheaply and never over the 
   stage's ``train`` globs must select parameters that exist (after task 0's growth) and its
   ``lr_groups`` must match some of them.
 
-Each stand-in is reported as a note, so a passing check says what it could not verify.
+Each stand-in is reported as a note, so a passing check says what it could not verify;
+:func:`missing_on_machine` lists what the stand-ins replaced (``recipe check --strict`` fails
+on it: the recipe would not run on this machine as it is).
 """
 
 from __future__ import annotations
@@ -45,6 +47,24 @@ class CheckReport:
     recipe: Recipe
     notes: list[str] = attrs.field(factory=list)
     stages: dict[str, int] = attrs.field(factory=dict)   # stage name -> trainable tensors
+
+
+class StandInNote(str):
+    """A note saying that a stand-in replaced something this machine lacks; ``missing`` is
+    that thing in one line (what ``recipe check --strict`` reports)."""
+
+    missing: str
+
+    def __new__(cls, text: str, missing: str) -> StandInNote:
+        note = super().__new__(cls, text)
+        note.missing = missing
+        return note
+
+
+def missing_on_machine(report: CheckReport) -> list[str]:
+    """One line per piece of data or weights that a stand-in replaced in the check (empty:
+    the recipe runs on this machine as it is)."""
+    return [n.missing for n in report.notes if isinstance(n, StandInNote)]
 
 
 @contextlib.contextmanager
@@ -110,6 +130,7 @@ def _build_with_stand_in(spec: ComponentSpec, ctx: BuildContext, host: PluginHos
         with no_network():
             return build_component(spec, ctx)
     except ClapkitError as exc:
+        missing = f"{spec.section}: {what} not on this machine ({_reason(exc)})"
         offline = None if force else _offline(spec, host)
         if offline is not None:
             try:
@@ -118,10 +139,10 @@ def _build_with_stand_in(spec: ComponentSpec, ctx: BuildContext, host: PluginHos
             except ClapkitError:
                 pass
             else:
-                notes.append(f"{spec.section}: {what} not on this machine ({_reason(exc)}); "
-                             f"checked with the same '{spec.plugin}' component built offline "
-                             f"({offline[1]}): its shapes and parameter names are the "
-                             "recipe's, the weights themselves were not verified")
+                notes.append(StandInNote(
+                    f"{missing}; checked with the same '{spec.plugin}' component built "
+                    f"offline ({offline[1]}): its shapes and parameter names are the "
+                    "recipe's, the weights themselves were not verified", missing))
                 return built
         for keep in (True, False):
             alt = _stand_in(spec, ctx, host, keep)
@@ -132,8 +153,8 @@ def _build_with_stand_in(spec: ComponentSpec, ctx: BuildContext, host: PluginHos
                     built = build_component(alt, ctx)
             except ClapkitError:
                 continue
-            notes.append(f"{spec.section}: {what} not on this machine ({_reason(exc)}); "
-                         f"checked with the '{spec.plugin}' plugin's test stand-in")
+            notes.append(StandInNote(f"{missing}; checked with the '{spec.plugin}' "
+                                     "plugin's test stand-in", missing))
             return built
         raise
 

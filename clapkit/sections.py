@@ -126,6 +126,12 @@ class RunConfig:
     #: "auto" (valid UAR when the recipe classifies), "last" (no selection), or a metric
     #: name an evaluation produces, e.g. "valid/war" or a plugin's "valid/i2t_r1"
     select: str = attrs.field(default="auto", validator=v.non_empty)
+    #: torch's intra-op CPU threads for the run (``clapkit run --threads``); 0 = torch's own
+    #: default (one per core). 1 by default: the models clapkit trains on CPU are small, and
+    #: a second OpenMP thread on a loaded machine spins instead of working (a CoOp step was
+    #: measured 38x slower with two threads on a busy 2-core machine); the thread count also
+    #: changes the order of float sums, so a fixed default keeps figures reproducible
+    threads: int = attrs.field(default=1, validator=v.number(0, 1024))
 
 
 @attrs.frozen

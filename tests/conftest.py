@@ -21,6 +21,18 @@ if os.environ["OMP_NUM_THREADS"].isdigit() and int(os.environ["OMP_NUM_THREADS"]
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _cwd_outside_the_checkout(tmp_path_factory):
+    """Run every test from a temporary folder: what resolves against the working directory
+    (``cache.dir = ".clapkit_cache"``, generated demo data under ``.clapkit_demo/``,
+    ``runs/``) lands there, not in the checkout, so the suite leaves ``git status`` as it
+    found it. Tests name repository files by absolute path (``Path(__file__)``)."""
+    before = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("cwd"))
+    yield
+    os.chdir(before)
+
+
 @pytest.fixture
 def fake_host() -> PluginHost:
     """A host with only the stand-in components (no entry points loaded)."""

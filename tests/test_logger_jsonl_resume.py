@@ -1,6 +1,6 @@
 """metrics.jsonl / metrics.csv after a kill between logging an epoch and checkpointing it:
 the resumed run cuts them back to the checkpoint, so each epoch is logged once; log files
-are names inside the run folder unless a folder is chosen explicitly."""
+are names inside the run folder (or a sub-folder of it given as ``dir``)."""
 
 from __future__ import annotations
 
@@ -73,12 +73,13 @@ def test_log_files_are_names(registries, key, value):
         structure(entry.config_cls, {key: value}, file="r.toml", key="log.jsonl")
 
 
-def test_an_explicit_dir_is_the_only_way_out(registries, tmp_path):
+def test_dir_is_a_sub_folder_of_the_run_folder(registries, tmp_path):
     run = make_run(tmp_path)
-    lg = build(registries, "jsonl", dir=str(tmp_path / "elsewhere"))
+    lg = build(registries, "jsonl", dir="logs/jsonl")
     _epochs(lg, run, [(0, "prompt", 0)])
     lg.close()
-    assert (tmp_path / "elsewhere" / "metrics.jsonl").is_file()
+    assert (run.out_dir / "logs" / "jsonl" / "metrics.jsonl").is_file()
+    assert not (run.out_dir / "metrics.jsonl").exists()
 
 
 @pytest.mark.parametrize("plugin", ["plots", "tensorboard"])

@@ -16,7 +16,9 @@ class Events:
     """Fires ``clapkit_*`` event hooks with the run state; owns the loggers it attached.
 
     Loggers (``[log.NAME]`` components) listen on rank 0 only; without a ``[log]`` section
-    the registered ``console`` logger (if any plugin provides one) is the one default.
+    the registered ``console`` logger (if any plugin provides one) is the one default. A
+    logger registered with the ``always_on`` meta (the run's metrics file) is attached with
+    its default options to every run whose recipe does not list it.
     Hooks fire on every rank, so user callbacks can act per rank (``run.rank``).
     """
 
@@ -34,6 +36,10 @@ class Events:
             built = [("log.console", entry.factory(entry.config_cls(), ctx))]
         else:
             built = []
+        listed = {s.plugin for s in recipe.log.values()}
+        for entry in self.host.registries["logger"]:
+            if entry.meta.get("always_on") and entry.name not in listed:
+                built.append((f"log.{entry.name}", entry.factory(entry.config_cls(), ctx)))
         for name, obj in built:
             self.host.register_listener(obj, name=f"{name}@{id(self)}")
             self.listeners.append(obj)

@@ -17,7 +17,8 @@ from ..metrics import AccuracyMatrix
 from . import checkpoint as ckpt
 
 #: recipe keys that may change between a run and its resume
-RESUME_FREE = {("run", "progress"), ("run", "out_dir"), ("run", "device"), ("log",),
+RESUME_FREE = {("run", "progress"), ("run", "out_dir"), ("run", "device"), ("run", "threads"),
+               ("log",),
                ("data", "num_workers"), ("data", "eval_batch_size"), ("cache", "dir"),
                ("cache", "batch_size"), ("cache", "enabled")}
 

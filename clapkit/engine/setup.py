@@ -1,4 +1,4 @@
-"""What a run settles before it builds anything: output folder, device, seeds."""
+"""What a run settles before it builds anything: output folder, device, CPU threads, seeds."""
 
 from __future__ import annotations
 
@@ -44,3 +44,20 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
+
+
+def apply_threads(threads: int) -> int:
+    """Set torch's intra-op CPU threads to ``threads`` (``run.threads``; 0 keeps torch's
+    default); returns the count before, for :func:`restore_threads`. Set before the run
+    builds anything: the count changes the order of float sums, hence the figures."""
+    before = torch.get_num_threads()
+    if threads > 0 and threads != before:
+        torch.set_num_threads(threads)
+    return before
+
+
+def restore_threads(before: int) -> None:
+    """Give the process its thread count back (a run started from Python, e.g. a notebook,
+    leaves torch as it found it)."""
+    if torch.get_num_threads() != before:
+        torch.set_num_threads(before)

@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..atomic import atomic_write_json
 from . import checkpoint as ckpt
 from .distributed import barrier
@@ -50,7 +52,7 @@ def build_summary(tr: Any, final: dict[str, Any], seconds: float) -> dict[str, A
     out: dict[str, Any] = dict(final)
     out.update({"select_split": tr.data.valid_split, "num_tasks": tr.scenario.num_tasks,
                 "epochs": tr.state.global_epoch, "wall_time_s": seconds,
-                "out_dir": str(tr.out)})
+                "out_dir": str(tr.out), "threads": torch.get_num_threads()})
     out.update(tr.best.metrics())
     if tr.scenario.incremental:
         out.update(tr.acc.summary())

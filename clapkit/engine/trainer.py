@@ -37,7 +37,8 @@ from .events import Events
 from .loop import Collected, StepConfig, amp_policy, evaluate
 from .memory import select_exemplars
 from .scenario import Scenario, make_scenario
-from .setup import resolve_device, resolve_out_dir, seed_everything
+from .setup import (apply_threads, resolve_device, resolve_out_dir, restore_threads,
+                    seed_everything)
 from .stage_runner import run_stage
 from .stages import expand_glob, glob_matches
 from .state import RunState
@@ -68,9 +69,11 @@ class Trainer:
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         self.device = resolve_device(self.recipe.run.device, local_rank)
         self.info: DistInfo = init_distributed(self.device.type)
+        threads_before = apply_threads(self.recipe.run.threads)
         try:
             return self._run()
         finally:
+            restore_threads(threads_before)
             shutdown(self.info)
 
     def _build(self) -> None:

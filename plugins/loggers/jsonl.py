@@ -7,7 +7,7 @@ before checkpointing it repeats that epoch, and the log still holds each epoch o
 task records carry their ``position`` for that.
 
 The files live in the run folder: ``file``/``csv_file`` are names, not paths; another folder
-is chosen explicitly with ``dir``. Values are made strictly JSON-safe (tensors -> lists, NaN and
+inside it is chosen with ``dir``. Values are made strictly JSON-safe (tensors -> lists, NaN and
 infinities -> null). With ``csv = true`` the epoch scalars also go to ``<out_dir>/metrics.csv``,
 one row per epoch; the column set grows when a later stage logs new loss terms, so the file is
 rewritten (atomically) with the union of columns each epoch -- it stays small.
@@ -39,13 +39,13 @@ TASK_DONE = 1 << 30
 @attrs.frozen
 class JsonlConfig:
     """``file``: JSONL name inside the run folder; ``csv``: also write ``csv_file`` with the
-    per-epoch scalars; ``dir``: another folder for both ("" = the run folder; a relative
-    path is taken from the run folder)."""
+    per-epoch scalars; ``dir``: a sub-folder of the run folder for both ("" = the run folder
+    itself; absolute paths and ``..`` are refused: a run writes only inside its folder)."""
 
     file: str = attrs.field(default="metrics.jsonl", validator=v.name)
     csv: bool = False
     csv_file: str = attrs.field(default="metrics.csv", validator=v.name)
-    dir: str = ""
+    dir: str = attrs.field(default="", validator=lambda i, a, x: x == "" or v.inside(i, a, x))
 
 
 def position_key(position: dict[str, Any] | None) -> tuple[int, int, int] | None:
@@ -226,4 +226,6 @@ def build(cfg: JsonlConfig, ctx: BuildContext) -> JsonlLogger:
 
 @hookimpl
 def clapkit_register(registrar):
-    registrar.add("logger", "jsonl", build, config=JsonlConfig)
+    # always_on: every run writes metrics.jsonl (whatever loggers its recipe lists); a
+    # [log.NAME] table with plugin = "jsonl" replaces the default one with its options
+    registrar.add("logger", "jsonl", build, config=JsonlConfig, always_on=True)
