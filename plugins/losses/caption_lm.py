@@ -30,8 +30,9 @@ def caption_lm_loss(logits: torch.Tensor, labels: torch.Tensor, pad_id: int = 0,
                          "expected [B,L,V] and [B,L]")
     if not bool((labels != pad_id).any()):
         raise ValueError("every label is padding: no caption token to predict")
-    return F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=pad_id,
-                           label_smoothing=smoothing)
+    # [B*L, V] rows: the same mean as CE over [B, V, L] without a transposed copy
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                           ignore_index=pad_id, label_smoothing=smoothing)
 
 
 def next_token_split(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,5 +61,10 @@ class CaptionLmObjective(nn.Module):
         states, labels = text[:, :-1], tokens[:, 1:]
         pad = tokens[:, :-1] == self.pad_id
         pad[:, 0] = False                                   # the start token is never padding
-        return caption_lm_loss(self.token_logits(states, pad, image), labels, self.pad_id,
-                               self.smoothing)
+        real = labels != self.pad_id
+        if not bool(real.any()):
+            raise ValueError("every label is padding: no caption token to predict")
+        # the vocabulary head only where a label counts (captions are mostly padding)
+        hidden = self.decoder.decode(states, pad, image)[real]             # [N,W]
+        return F.cross_entropy(self.lm_head(hidden).float(), labels[real],
+                               label_smoothing=self.smoothing)

@@ -73,10 +73,12 @@ def sample_hard_negatives_naive(sim: torch.Tensor, row_ids: torch.Tensor,
 class ItmObjective(nn.Module):
     """ITM head + loss over a grounded text encoder (shared with ``caption_lm``)."""
 
-    def __init__(self, encoder: GroundedTextTransformer) -> None:
+    def __init__(self, encoder: GroundedTextTransformer, sampler=None) -> None:
         super().__init__()
         self.encoder = encoder
         self.head = nn.Linear(encoder.width, 2)
+        #: ``(sim, row_ids, col_ids, generator) -> (index, valid)``: how negatives are drawn
+        self.sampler = sampler or sample_hard_negatives
 
     def match_logits(self, text: torch.Tensor, pad_mask: torch.Tensor | None,
                      image: torch.Tensor) -> torch.Tensor:
@@ -89,8 +91,8 @@ class ItmObjective(nn.Module):
         """``text [B,L,W]`` token states, ``image [B,N,Wv]`` tokens, ``sim_i2t [B,B]`` ITC
         similarities (image rows, caption columns; only read without gradient), ``ids [B]``
         image id codes of the rows."""
-        neg_text, ok_t = sample_hard_negatives(sim_i2t, ids, ids, generator)      # per image
-        neg_image, ok_i = sample_hard_negatives(sim_i2t.t(), ids, ids, generator)  # per text
+        neg_text, ok_t = self.sampler(sim_i2t, ids, ids, generator)      # per image
+        neg_image, ok_i = self.sampler(sim_i2t.t(), ids, ids, generator)  # per text
         rows = torch.arange(text.shape[0], device=text.device)
         ti = torch.cat([rows, neg_text[ok_t].to(rows.device), rows[ok_i.to(rows.device)]])
         ii = torch.cat([rows, rows[ok_t.to(rows.device)], neg_image[ok_i].to(rows.device)])

@@ -76,3 +76,15 @@ def test_decoder_learns_to_caption_two_images():
     pred = logits.argmax(-1)
     real = tokens[:, 1:] != 0
     assert torch.equal(pred[real], tokens[:, 1:][real])
+
+
+def test_objective_equals_the_loss_over_full_logits():
+    torch.manual_seed(1)
+    dec = GroundedTextTransformer(16, 1, 2, image_width=8, seed=1)
+    obj = CaptionLmObjective(dec, 12, pad_id=0, smoothing=0.1)
+    tokens = torch.tensor([[1, 3, 4, 11, 0, 0], [1, 6, 7, 8, 9, 11]])
+    text, images = torch.randn(2, 6, 16), torch.randn(2, 3, 8)
+    pad = tokens[:, :-1] == 0
+    full = obj.token_logits(text[:, :-1], pad, images)          # every position
+    want = caption_lm_loss(full, tokens[:, 1:], 0, 0.1)
+    assert torch.allclose(obj(text, tokens, images), want, atol=1e-6)

@@ -128,3 +128,17 @@ def test_itm_loss_over_positives_and_hard_negatives():
     loss.backward()
     assert text.grad.abs().sum() > 0 and image.grad.abs().sum() > 0
     assert obj.head.weight.grad.abs().sum() > 0
+
+
+def test_image_text_benchmark_runs_and_reports_ratios(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "image_text_step.py"
+    spec = importlib.util.spec_from_file_location("image_text_step", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rows = mod.main(["--batch", "4", "--sampling-batch", "8", "--steps", "1", "--warmup", "0",
+                     "--length", "12", "--queue", "16", "--json", str(tmp_path / "r.jsonl")])
+    assert rows[0]["step_ratio"] > 0 and rows[1]["sampling_ratio"] > 0
+    assert len((tmp_path / "r.jsonl").read_text().splitlines()) == 2
