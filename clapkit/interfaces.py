@@ -16,6 +16,8 @@ import attrs
 import torch
 from torch import nn
 
+from .errors import ClapkitError
+
 if TYPE_CHECKING:  # pragma: no cover
     from .plugins import PluginHost
 
@@ -147,6 +149,38 @@ class Component(nn.Module):
         """Task ``task`` ended (after its stages and the memory update)."""
 
 
+#: Capabilities a backbone may declare (``Backbone.capabilities``) beyond pooled features,
+#: each with the methods it promises. A component that needs one asks for it at build
+#: (:meth:`Backbone.require`), so a backbone without it is refused before the first step.
+BACKBONE_CAPABILITIES: dict[str, str] = {
+    "image_tokens": "encode_image_tokens: pooled image features with the vision tower's "
+                    "token states",
+    "text_tokens": "encode_text_tokens: pooled text features with the text tower's token "
+                   "states and padding mask",
+    "text_embedded": "token_embedding and encode_text_embedded: the text tower run from token "
+                     "embeddings (CoOp, CoCoOp, AttriCLIP)",
+    "deep_prompts": "deep_prompts of encode_text_embedded and encode_image_prompted: prompt "
+                    "tokens inside both towers (MaPLe, deep VPT)",
+    "text_decoder": "decode_text: a caption decoder reading image tokens (CoCa)",
+}
+
+
+@attrs.frozen
+class TokenStates:
+    """A tower's output at token level (``Backbone.encode_image_tokens`` /
+    ``encode_text_tokens``).
+
+    ``pooled`` equals ``encode_image`` / ``encode_text`` of the same input; ``tokens`` are the
+    token states the model's own token output gives (image: per patch or per pooling query;
+    text: per position); ``mask`` marks real tokens (text: up to and including EOT, so
+    padding is False; image: all True).
+    """
+
+    pooled: torch.Tensor          # [B,D]
+    tokens: torch.Tensor          # [B,N,W]
+    mask: torch.Tensor            # [B,N] bool
+
+
 class Backbone(nn.Module):
     """A CLIP model. ``encode_*`` return un-normalised features.
 
@@ -154,6 +188,12 @@ class Backbone(nn.Module):
     on it, so two different checkpoints must never share one. Widths and depths come from
     the model (never hard-coded by a prompt style): ``text_width``/``vision_width`` are the
     token widths inside the towers, ``text_layers``/``vision_layers`` their block counts.
+
+    ``capabilities`` (names from :data:`BACKBONE_CAPABILITIES`) say which methods beyond the
+    pooled encoders work; the others raise a :class:`ClapkitError` naming the backbone
+    (:meth:`require`). ``image_token_width``/``text_token_width`` are the widths of the
+    token states (``image_tokens``/``text_tokens``), ``vocab_size`` the decoder's
+    (``text_decoder``).
 
     Deep prompts (``deep_prompts`` of ``encode_text_embedded``/``encode_image_prompted``):
     one convention for both towers -- ``deep_prompts[j]`` is used as the input of block
@@ -169,6 +209,7 @@ class Backbone(nn.Module):
     vision_width: int
     text_layers: int
     vision_layers: int
+    capabilities: frozenset[str] = frozenset()
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:  # [B,3,H,W] -> [B,D]
         raise NotImplementedError
@@ -191,8 +232,50 @@ class Backbone(nn.Module):
     def fingerprint(self) -> str:
         raise NotImplementedError
 
-    # Hooks for prompt styles that work inside the towers (CoOp, MaPLe):
+    def describe(self) -> str:
+        """One line naming the model (in messages and ``clapkit`` output)."""
+        return type(self).__name__
+
+    def require(self, *needed: str, who: str = "this component") -> None:
+        """Refuse (one :class:`ClapkitError` naming the backbone, what is missing and what
+        it has) when a capability in ``needed`` is not declared; an unknown name is a bug."""
+        unknown = sorted(set(needed) - set(BACKBONE_CAPABILITIES))
+        if unknown:
+            raise ValueError(f"unknown backbone capability {unknown[0]!r} (known: "
+                             f"{', '.join(sorted(BACKBONE_CAPABILITIES))})")
+        missing = [n for n in needed if n not in self.capabilities]
+        if missing:
+            has = ", ".join(sorted(self.capabilities)) or "none"
+            raise ClapkitError(
+                f"{who} needs backbone capability {', '.join(repr(m) for m in missing)} "
+                f"({'; '.join(BACKBONE_CAPABILITIES[m].split(':')[0] for m in missing)}), "
+                f"which backbone {self.describe()} lacks (it has: {has})")
+
+    # Token-level outputs (capabilities image_tokens / text_tokens / text_decoder):
+    def encode_image_tokens(self, images: torch.Tensor) -> TokenStates:
+        """``[B,3,H,W]`` -> pooled ``[B,D]`` (= ``encode_image``), tokens
+        ``[B,N,image_token_width]``, mask ``[B,N]``."""
+        self.require("image_tokens", who="encode_image_tokens")
+        raise NotImplementedError
+
+    def encode_text_tokens(self, tokens: torch.Tensor) -> TokenStates:
+        """``[C,L]`` -> pooled ``[C,D]`` (= ``encode_text``), tokens
+        ``[C,L',text_token_width]``, padding mask ``[C,L']``."""
+        self.require("text_tokens", who="encode_text_tokens")
+        raise NotImplementedError
+
+    def decode_text(self, image_tokens: torch.Tensor, text_tokens: torch.Tensor
+                    ) -> torch.Tensor:
+        """Caption decoder: image token states ``[B,N,Wi]`` (``encode_image_tokens``) and
+        text token states ``[B,L,Wt]`` (``encode_text_tokens``) -> next-token logits
+        ``[B,L,vocab_size]``; position ``i`` sees text positions ``<= i`` only."""
+        self.require("text_decoder", who="decode_text")
+        raise NotImplementedError
+
+    # Hooks for prompt styles that work inside the towers (CoOp, MaPLe; capabilities
+    # text_embedded / deep_prompts):
     def token_embedding(self, tokens: torch.Tensor) -> torch.Tensor:  # [C,L] -> [C,L,W]
+        self.require("text_embedded", who="token_embedding")
         raise NotImplementedError
 
     def encode_text_embedded(self, embeddings: torch.Tensor, tokens: torch.Tensor,
@@ -201,6 +284,9 @@ class Backbone(nn.Module):
         """Text tower from token embeddings ``[C,L,Wt]`` (pooled at the EOT of ``tokens``);
         ``deep_prompts[j]`` ``[n,Wt]`` (or ``[C,n,Wt]``) is the prompt input of block j
         (see the class docstring; entry 0 is normally already in ``embeddings``)."""
+        deep = any(p is not None for p in deep_prompts or [])
+        self.require("text_embedded", *(["deep_prompts"] if deep else []),
+                     who="encode_text_embedded")
         raise NotImplementedError
 
     def encode_image_prompted(self, images: torch.Tensor,
@@ -208,6 +294,7 @@ class Backbone(nn.Module):
         """Vision tower with ``deep_prompts[j]`` ``[n,Wv]`` as the prompt tokens input to
         block j (appended after the patch tokens, stripped before pooling);
         ``encode_image_prompted(x, []) == encode_image(x)``."""
+        self.require("deep_prompts", who="encode_image_prompted")
         raise NotImplementedError
 
 

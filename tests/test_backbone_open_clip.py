@@ -12,7 +12,8 @@ from clapkit.errors import ClapkitError
 from clapkit.interfaces import Backbone, BuildContext
 from clapkit.plugins import get_plugin_host
 from clapkit_plugins.backbones.open_clip import (TINY_MODEL, TINY_TEXTWIDE_MODEL,
-                                                OpenClipBackbone, OpenClipConfig, build)
+                                                OpenClipBackbone, OpenClipConfig, build,
+                                                open_clip_module)
 
 
 @pytest.fixture(scope="module")
@@ -250,6 +251,7 @@ def test_deep_prompt_errors_are_clear(tiny):
 
 
 def test_custom_text_clip_towers(tmp_path):
+    open_clip_module()                           # registers the repository's tiny configs
     cfg = open_clip.get_model_config(TINY_MODEL)
     cfg["custom_text"] = True
     path = tmp_path / "clapkit-tiny-custom.json"

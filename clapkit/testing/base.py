@@ -56,6 +56,16 @@ def expect_shape(entry, what: str, tensor: Any, *wanted: tuple[int, ...]) -> Non
                            f"{' or '.join(str(w) for w in wanted)}")
 
 
+def expect_close(entry, what: str, got: torch.Tensor, want: torch.Tensor,
+                 atol: float = 1e-5) -> None:
+    """Assert ``got`` has ``want``'s shape and values (max abs difference <= ``atol``); the
+    message names the component, the comparison and the difference."""
+    expect_shape(entry, what, got, tuple(want.shape))
+    worst = float((got.detach().float() - want.detach().float()).abs().max()) \
+        if got.numel() else 0.0
+    assert worst <= atol, f"{who(entry)}: {what}: max abs difference {worst:.3g} > {atol:g}"
+
+
 class Contract:
     """Checks every kind shares: config class, summary, option validation, build."""
 

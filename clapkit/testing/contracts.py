@@ -11,15 +11,16 @@ its ``entry`` fixture over every registered component of the suite's ``kind``, o
 
 Fixtures used: ``entry`` (the :class:`~clapkit.registry.ComponentEntry`), ``contract_ctx``
 (a :class:`~clapkit.interfaces.BuildContext` with a small backbone), ``clapkit_host``.
-The shared rules live in :mod:`.base`, the kinds' in :mod:`.module_suites` and
-:mod:`.other_suites`.
+The shared rules live in :mod:`.base`, the kinds' in :mod:`.backbone_suite`,
+:mod:`.module_suites` and :mod:`.other_suites`.
 """
 
 from __future__ import annotations
 
-from .base import Contract, ModuleContract, core_keys, expect_shape
-from .module_suites import (AdapterContract, BackboneContract, HeadContract, LossContract,
-                            PromptContract, RouterContract)
+from .backbone_suite import BackboneContract
+from .base import Contract, ModuleContract, core_keys, expect_close, expect_shape
+from .module_suites import (AdapterContract, HeadContract, LossContract, PromptContract,
+                            RouterContract)
 from .other_suites import DatasetContract, DemoContract, LoggerContract, SelectorContract
 
 SUITES: dict[str, type[Contract]] = {
@@ -30,4 +31,5 @@ SUITES: dict[str, type[Contract]] = {
 
 __all__ = ["AdapterContract", "BackboneContract", "Contract", "DatasetContract", "DemoContract",
            "HeadContract", "LoggerContract", "LossContract", "ModuleContract", "PromptContract",
-           "RouterContract", "SelectorContract", "SUITES", "core_keys", "expect_shape"]
+           "RouterContract", "SelectorContract", "SUITES", "core_keys", "expect_close",
+           "expect_shape"]

@@ -1,4 +1,5 @@
-"""Suites for the module kinds: backbone, prompt, adapter, router, head, loss.
+"""Suites for the module kinds: prompt, adapter, router, head, loss (the backbone's is in
+:mod:`.backbone_suite`).
 
 Each calls its kind exactly as the pipeline does (``clapkit/pipeline.py``): prompts get
 :class:`ImageInputs` or None and the step, text adapters ``(text, z, step)``, routers
@@ -7,97 +8,19 @@ Each calls its kind exactly as the pipeline does (``clapkit/pipeline.py``): prom
 
 from __future__ import annotations
 
-import copy
 import re
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..interfaces import (Adapter, Backbone, Head, HeadOutput, ImageInputs, Loss, Prompt,
-                          PromptOutput, Router, TextAdapterOutput)
+from ..interfaces import (Adapter, Head, HeadOutput, ImageInputs, Loss, Prompt, PromptOutput,
+                          Router, TextAdapterOutput)
 from ..pipeline import BASE_OUTPUTS
 from . import context as C
-from .base import ModuleContract, expect_shape, who
+from .base import ModuleContract, expect_close, expect_shape, who
 
 B, S = C.B, C.S
-
-
-class BackboneContract(ModuleContract):
-    kind = "backbone"
-    base = Backbone
-
-    def inputs(self, m, ctx, g):
-        x = torch.randn(2, 3, m.image_size, m.image_size, generator=g)
-        return x, m.tokenize(["a cat", "a dog"])
-
-    def call(self, m, args, step):
-        x, tokens = args
-        return m.encode_image(x), m.encode_text(tokens), m.logit_scale
-
-    def check_output(self, entry, m, out, ctx, step):
-        img, txt, scale = out
-        expect_shape(entry, "encode_image output", img, (2, m.embed_dim))
-        expect_shape(entry, "encode_text output", txt, (2, m.embed_dim))
-        assert scale.numel() == 1 and float(scale.detach()) > 0, \
-            f"{who(entry)}: logit_scale {scale}"
-
-    def test_transforms_make_model_input(self, entry, contract_ctx):
-        from PIL import Image
-        m = self.make(entry, contract_ctx)
-        im = Image.new("RGB", (50, 37), (120, 30, 200))
-        for train in (True, False):
-            expect_shape(entry, f"transform({train}) output", m.transform(train)(im),
-                         (3, m.image_size, m.image_size))
-
-    def test_fingerprint_is_stable(self, entry, contract_ctx):
-        torch.manual_seed(0)
-        a = self.make(entry, contract_ctx)
-        b = copy.deepcopy(a)
-        assert isinstance(a.fingerprint(), str) and a.fingerprint() == b.fingerprint(), \
-            f"{who(entry)}: fingerprint() is not a stable string"
-
-    def test_tokenize(self, entry, contract_ctx):
-        tok = self.make(entry, contract_ctx).tokenize(["a", "b c", "d"])
-        assert tok.dtype == torch.long and tok.dim() == 2 and tok.shape[0] == 3, \
-            f"{who(entry)}: tokenize gave {tok.dtype} {tuple(tok.shape)}, expected long [3,L]"
-
-    def test_widths_and_depths(self, entry, contract_ctx):
-        m = self.make(entry, contract_ctx)
-        for attr in ("embed_dim", "image_size", "text_width", "vision_width", "text_layers",
-                     "vision_layers"):
-            v = getattr(m, attr, None)
-            assert isinstance(v, int) and not isinstance(v, bool) and v > 0, \
-                f"{who(entry)}: {attr} must be a positive int, got {v!r}"
-        tokens = m.tokenize(["a cat"])
-        expect_shape(entry, "token_embedding output", m.token_embedding(tokens),
-                     (1, tokens.shape[1], m.text_width))
-
-    def test_text_embedded_equals_encode_text(self, entry, contract_ctx):
-        m = self.make(entry, contract_ctx).eval()
-        t = m.tokenize(["a photo of a cat", "a dog"])
-        with torch.no_grad():
-            want = m.encode_text(t)
-            got = m.encode_text_embedded(m.token_embedding(t), t)
-            none = m.encode_text_embedded(m.token_embedding(t), t, [None] * m.text_layers)
-        _close(entry, "encode_text_embedded(token_embedding(t), t) vs encode_text(t)", got, want)
-        _close(entry, "encode_text_embedded with only None deep prompts", none, want)
-
-    def test_image_prompted_without_prompts_equals_encode_image(self, entry, contract_ctx):
-        m = self.make(entry, contract_ctx).eval()
-        x = torch.randn(2, 3, m.image_size, m.image_size, generator=torch.Generator()
-                        .manual_seed(0))
-        with torch.no_grad():
-            want = m.encode_image(x)
-            got = m.encode_image_prompted(x, [])
-            prompt = torch.randn(2, m.vision_width, generator=torch.Generator().manual_seed(1))
-            one = m.encode_image_prompted(x, [prompt])
-            passed = m.encode_image_prompted(x, [prompt, None])
-        _close(entry, "encode_image_prompted(x, []) vs encode_image(x)", got, want)
-        expect_shape(entry, "encode_image_prompted output", one, (2, m.embed_dim))
-        assert not torch.allclose(one, want), \
-            f"{who(entry)}: a vision prompt at block 0 does not change the image features"
-        _close(entry, "a None deep prompt (previous prompt passes through)", passed, one)
 
 
 class PromptContract(ModuleContract):
@@ -137,7 +60,8 @@ class PromptContract(ModuleContract):
         before = self.tensors(self.run(m, contract_ctx))
         m.refresh()
         after = self.tensors(self.run(m, contract_ctx))
-        _close(entry, "text before and after refresh() (same text tower)", after[0], before[0])
+        expect_close(entry, "text before and after refresh() (same text tower)", after[0],
+                     before[0])
 
 
 class AdapterContract(ModuleContract):
@@ -330,12 +254,6 @@ class LossContract(ModuleContract):
 
 
 # --- helpers -----------------------------------------------------------------------------------
-
-def _close(entry, what: str, got: torch.Tensor, want: torch.Tensor) -> None:
-    expect_shape(entry, what, got, tuple(want.shape))
-    worst = float((got.detach().float() - want.detach().float()).abs().max())
-    assert worst <= 1e-5, f"{who(entry)}: {what}: max abs difference {worst:.3g} > 1e-5"
-
 
 def _check_aux(entry, m, aux: dict[str, Any]) -> None:
     declared = set(getattr(m, "aux_keys", ()))

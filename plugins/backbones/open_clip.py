@@ -1,9 +1,12 @@
 """`open_clip` backbone: any open_clip model name with a pretrained tag, a local checkpoint or
 random init, plus the tower access that prompt styles working inside the encoders need.
 
-The repository ships one tiny model config, ``clapkit-tiny`` (``clapkit-tiny.json`` beside this
-module), registered with open_clip at import, so tests and demos build a real CLIP model with
-no download.
+The repository ships tiny model configs (``clapkit-*.json`` beside this module: ``clapkit-tiny``,
+``clapkit-tiny-textwide``, ``clapkit-tiny-coca``), registered with open_clip when it is first
+imported, so tests and demos build real CLIP and CoCa models with no download.
+
+open_clip is imported where a model is built or resolved (:func:`open_clip_module`), never at
+module import: listing plugins or ``clapkit --help`` must not pay its seconds and memory.
 """
 
 from __future__ import annotations
@@ -18,26 +21,38 @@ import pickle
 import re
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Literal
 
 import attrs
-import open_clip
 import torch
 from torch import nn
 
 from clapkit import hookimpl
 from clapkit.errors import ClapkitError
-from clapkit.interfaces import Backbone, BuildContext
+from clapkit.interfaces import Backbone, BuildContext, TokenStates
 
 TINY_MODEL = "clapkit-tiny"
 TINY_CONFIG = Path(__file__).with_name(f"{TINY_MODEL}.json")
 #: a second tiny model with a text tower wider than its vision tower and towers of different
 #: depths (text 64 wide x 2 blocks, vision 48 x 3, embed 96): prompt styles are tested on both
 TINY_TEXTWIDE_MODEL = "clapkit-tiny-textwide"
+#: a tiny CoCa (attentional-pool vision tower, CLS-appended text tower, caption decoder)
+TINY_COCA_MODEL = "clapkit-tiny-coca"
 
-for _cfg in sorted(Path(__file__).parent.glob("clapkit-*.json")):
-    if _cfg.stem not in open_clip.list_models():
-        open_clip.add_model_config(_cfg)
+_OPEN_CLIP: ModuleType | None = None
+
+
+def open_clip_module() -> ModuleType:
+    """open_clip, imported on first use, with the repository's tiny configs registered."""
+    global _OPEN_CLIP
+    if _OPEN_CLIP is None:
+        import open_clip
+        for cfg in sorted(Path(__file__).parent.glob("clapkit-*.json")):
+            if cfg.stem not in open_clip.list_models():
+                open_clip.add_model_config(cfg)
+        _OPEN_CLIP = open_clip
+    return _OPEN_CLIP
 
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
 
@@ -104,6 +119,7 @@ def _name(cfg: OpenClipConfig) -> str:
 
 def _resolve_weights(cfg: OpenClipConfig) -> tuple[str, str | None]:
     """``(kind, value)`` with kind ``random``, ``tag`` or ``file``; errors name what is wrong."""
+    open_clip = open_clip_module()
     known = open_clip.list_models()
     if _name(cfg) not in known:
         close = difflib.get_close_matches(cfg.model, known, n=5, cutoff=0.5)
@@ -128,7 +144,7 @@ def _resolve_weights(cfg: OpenClipConfig) -> tuple[str, str | None]:
 
 def _tag_weights_cached(cfg: OpenClipConfig, tag: str) -> bool:
     """Whether the weights of ``tag`` are already on this machine (no network used)."""
-    pcfg = open_clip.get_pretrained_cfg(_name(cfg), tag) or {}
+    pcfg = open_clip_module().get_pretrained_cfg(_name(cfg), tag) or {}
     if "file" in pcfg:
         return Path(pcfg["file"]).is_file()
     hub = pcfg.get("hf_hub", "")
@@ -158,7 +174,7 @@ def _check_download_possible(cfg: OpenClipConfig, tag: str) -> None:
         return
     import socket
     from urllib.parse import urlparse
-    pcfg = open_clip.get_pretrained_cfg(_name(cfg), tag) or {}
+    pcfg = open_clip_module().get_pretrained_cfg(_name(cfg), tag) or {}
     host = "huggingface.co" if pcfg.get("hf_hub") else (urlparse(pcfg.get("url", "")).hostname
                                                           or "huggingface.co")
     try:
@@ -183,6 +199,7 @@ class OpenClipBackbone(Backbone):
         if kind == "tag" and value:
             _check_download_possible(cfg, value)
         self._weights_kind, self._weights_value = kind, value
+        open_clip = open_clip_module()
         with torch.random.fork_rng(devices=[]), _quiet_random_init():
             torch.manual_seed(cfg.seed)
             try:
@@ -199,6 +216,8 @@ class OpenClipBackbone(Backbone):
                 what = f"checkpoint {value}" if kind == "file" else f"pretrained '{value}'"
                 raise ClapkitError(f"open_clip could not build '{cfg.model}' with {what}: "
                                    f"{type(exc).__name__}: {exc}") from exc
+            if kind == "random":
+                _init_left_empty(model)
         self.model = model
         self._train_tf, self._eval_tf = train_tf, eval_tf
         self._tokenizer = open_clip.get_tokenizer(_name(cfg))
@@ -209,6 +228,8 @@ class OpenClipBackbone(Backbone):
         size = getattr(vis, "image_size", None) or vis.preprocess_cfg["size"]
         self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
         self._input_dtype = open_clip.get_input_dtype(cfg.precision)
+        self._eot_id: int | None = getattr(self._tokenizer, "eot_token_id", None)
+        self.capabilities = self._find_capabilities()
         self._fingerprint: str | None = None
         # the file's content as loaded now, so a later overwrite of the path cannot alias it
         self._file_sha = _file_sha256(Path(value)) if kind == "file" and value else None
@@ -237,10 +258,99 @@ class OpenClipBackbone(Backbone):
         return images.to(self.device, dtype=self._input_dtype or self.dtype)
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_image(self._images_in(images)).float()
+        # normalize=False: CoCa's encoders normalise by default, the contract wants raw
+        return self.model.encode_image(self._images_in(images), normalize=False).float()
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_text(tokens.to(self.device)).float()
+        return self.model.encode_text(tokens.to(self.device), normalize=False).float()
+
+    def _find_capabilities(self) -> frozenset[str]:
+        """What this model's towers support (see ``clapkit.interfaces.BACKBONE_CAPABILITIES``):
+        open_clip ViT towers give tokens and take prompts, CoCa adds its caption decoder;
+        timm / ResNet vision and HF text towers give pooled features only."""
+        caps: set[str] = set()
+        text = self._find_text_tower()
+        vision = self._find_vision_tower()
+        if text is not None:
+            caps.add("text_embedded")
+            if text is self.model or hasattr(text, "output_tokens"):
+                caps.add("text_tokens")
+        if vision is not None:
+            caps.add("image_tokens")
+            if text is not None:
+                caps.add("deep_prompts")
+        if isinstance(getattr(self.model, "text_decoder", None), nn.Module):
+            caps.add("text_decoder")
+        return frozenset(caps)
+
+    # -- token-level outputs -------------------------------------------------------------
+
+    @property
+    def image_token_width(self) -> int:
+        """Width of the image token states: the pooled width (``proj`` input; CoCa's
+        attentional pooler output) where there is a projection, else the tower width."""
+        self.require("image_tokens", who="image_token_width")
+        v = self._vision_tower()
+        return int(v.proj.shape[0] if v.proj is not None else v.class_embedding.shape[-1])
+
+    @property
+    def text_token_width(self) -> int:
+        self.require("text_tokens", who="text_token_width")
+        return int(self._text_tower().token_embedding.weight.shape[1])
+
+    @property
+    def vocab_size(self) -> int:
+        """Size of the caption decoder's output (``text_decoder``)."""
+        self.require("text_decoder", who="vocab_size")
+        return int(self.model.text_decoder.text_projection.shape[1])
+
+    def text_mask(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``[C,L]`` bool, True up to and including each row's EOT (padding is False)."""
+        pos = torch.arange(tokens.shape[1], device=tokens.device)
+        if self._eot_id is None:
+            eot = tokens.argmax(dim=-1)                      # CLIP's BPE: EOT is the top id
+        else:
+            hit = tokens == self._eot_id
+            eot = torch.where(hit.any(-1), hit.int().argmax(-1), tokens.shape[1] - 1)
+        return pos[None, :] <= eot[:, None]
+
+    def encode_image_tokens(self, images: torch.Tensor) -> TokenStates:
+        """open_clip's own token output of the vision tower (``output_tokens``): patch tokens
+        after ``ln_post`` (ViT) or the attentional pooler's queries (CoCa)."""
+        self.require("image_tokens", who="encode_image_tokens")
+        v = self.model.visual
+        with _output_tokens(v):
+            pooled, tokens = v(self._images_in(images))
+        mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+        return TokenStates(pooled=pooled.float(), tokens=tokens.float(), mask=mask)
+
+    def encode_text_tokens(self, tokens: torch.Tensor) -> TokenStates:
+        """open_clip's own token output of the text tower: ``output_tokens`` of a separate
+        tower (CoCa's: the states before ``ln_final``, which its decoder reads), or the last
+        block through ``forward_intermediates`` with ``ln_final`` for the built-in CLIP tower.
+        """
+        self.require("text_tokens", who="encode_text_tokens")
+        tokens = tokens.to(self.device)
+        text = self._find_text_tower()
+        if text is self.model:
+            out = self.model.forward_intermediates(text=tokens, text_indices=1, normalize=False,
+                                                   normalize_intermediates=True)
+            pooled, states = out["text_features"], out["text_intermediates"][-1]
+        else:
+            with _output_tokens(text):
+                pooled, states = text(tokens)
+        return TokenStates(pooled=pooled.float(), tokens=states.float(),
+                           mask=self.text_mask(tokens[:, :states.shape[1]]))
+
+    def decode_text(self, image_tokens: torch.Tensor, text_tokens: torch.Tensor
+                    ) -> torch.Tensor:
+        """CoCa's multimodal decoder: causal self-attention over the text states and
+        cross-attention to the image tokens -> next-token logits ``[B,L,vocab_size]``."""
+        self.require("text_decoder", who="decode_text")
+        dec = self.model.text_decoder
+        dtype = dec.text_projection.dtype
+        return dec(image_tokens.to(self.device, dtype), text_tokens.to(self.device, dtype)
+                   ).float()
 
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         return self._tokenizer(list(texts))
@@ -293,7 +403,7 @@ class OpenClipBackbone(Backbone):
             else:
                 weights = f"random:seed={self.cfg.seed}:{self._identity_sha}"
             doc = {"model": _name(self.cfg),
-                   "model_cfg": open_clip.get_model_config(_name(self.cfg)),
+                   "model_cfg": open_clip_module().get_model_config(_name(self.cfg)),
                    "weights": weights, "precision": self.cfg.precision,
                    "preprocess": self.preprocess_config()}
             blob = json.dumps(doc, sort_keys=True, default=str).encode()
@@ -306,44 +416,61 @@ class OpenClipBackbone(Backbone):
 
     # -- tower access for prompt styles -----------------------------------------------------
 
-    def _text_tower(self) -> Any:
-        """The module holding the text tower attributes (``CLIP`` itself or ``model.text``)."""
+    def _find_text_tower(self) -> Any:
+        """The module holding the open_clip text tower attributes (``CLIP`` itself or
+        ``model.text``: CustomTextCLIP, CoCa); None for HF text towers."""
         m = self.model
         tower = m if hasattr(m, "token_embedding") else getattr(m, "text", None)
         if tower is None or not hasattr(tower, "token_embedding") \
                 or not hasattr(tower, "transformer"):
-            raise ClapkitError(f"open_clip model '{self.cfg.model}' has no open_clip text "
-                               "transformer (HF text towers are not supported by prompt styles)")
-        if getattr(tower, "cls_emb", None) is not None:
-            raise ClapkitError(f"open_clip model '{self.cfg.model}': text towers with a CLS "
-                               "embedding (CoCa) are not supported by prompt styles")
+            return None
+        return tower
+
+    def _find_vision_tower(self) -> Any:
+        vis = self.model.visual
+        needed = ("conv1", "class_embedding", "positional_embedding", "ln_pre", "transformer",
+                  "output_tokens", "_pool")
+        return vis if all(hasattr(vis, a) for a in needed) else None
+
+    def _text_tower(self) -> Any:
+        tower = self._find_text_tower()
+        if tower is None:
+            raise ClapkitError(f"backbone {self.describe()} has no open_clip text transformer "
+                               "(HF text towers give pooled features only)")
         return tower
 
     def _vision_tower(self) -> Any:
-        vis = self.model.visual
-        needed = ("conv1", "class_embedding", "positional_embedding", "ln_pre", "transformer")
-        if not all(hasattr(vis, a) for a in needed):
-            raise ClapkitError(f"open_clip model '{self.cfg.model}': vision prompts need an "
-                               f"open_clip VisionTransformer, got {type(vis).__name__}")
+        vis = self._find_vision_tower()
+        if vis is None:
+            raise ClapkitError(f"backbone {self.describe()}: tokens and vision prompts need an "
+                               "open_clip VisionTransformer, got "
+                               f"{type(self.model.visual).__name__}")
         return vis
 
+    # widths and depths are asked by prompt styles at build: a model without the towers they
+    # need is refused there, naming the capability and the backbone
     @property
     def text_width(self) -> int:
+        self.require("text_embedded", who="text_width")
         return int(self._text_tower().token_embedding.weight.shape[1])
 
     @property
     def vision_width(self) -> int:
+        self.require("deep_prompts", who="vision_width")
         return int(self._vision_tower().class_embedding.shape[-1])
 
     @property
     def text_layers(self) -> int:
+        self.require("text_embedded", who="text_layers")
         return len(self._text_tower().transformer.resblocks)
 
     @property
     def vision_layers(self) -> int:
+        self.require("deep_prompts", who="vision_layers")
         return len(self._vision_tower().transformer.resblocks)
 
     def token_embedding(self, tokens: torch.Tensor) -> torch.Tensor:
+        self.require("text_embedded", who="token_embedding")
         return self._text_tower().token_embedding(tokens.to(self.device))
 
     def encode_text_embedded(self, embeddings: torch.Tensor, tokens: torch.Tensor,
@@ -355,35 +482,50 @@ class OpenClipBackbone(Backbone):
         (the Backbone convention): entry 0 replaces embedding positions ``1..n`` (before the
         positional embedding is added, as a token would), entry ``j >= 1`` replaces the
         outputs of block ``j-1`` at those positions; ``None`` entries pass through.
+
+        A CoCa text tower appends its CLS embedding after the sequence, masks the padding
+        for it and pools that last position after ``ln_final``, as open_clip's own forward.
         """
+        self.require("text_embedded", who="encode_text_embedded")
+        deep = _check_deep(deep_prompts, self.text_layers, "text")
+        if any(p is not None for p in deep):
+            self.require("deep_prompts", who="encode_text_embedded")
         t = self._text_tower()
         tokens = tokens.to(self.device)
-        deep = _check_deep(deep_prompts, self.text_layers, "text")
         cast = t.transformer.get_cast_dtype()
         pool = getattr(t, "text_pool_type", None) or getattr(t, "pool_type", "argmax")
-        if pool == "argmax" and t.attn_mask is not None and not getattr(t, "use_pad_mask", False):
+        cls = getattr(t, "cls_emb", None)
+        pad_mask = getattr(t, "use_pad_mask", False) or cls is not None
+        if pool == "argmax" and t.attn_mask is not None and not pad_mask:
             # causal attention + pooling at EOT: the padding after the last EOT of the batch
             # cannot reach any pooled position, so it is not computed (same result, and a
             # short class prompt costs ~10 positions instead of 77)
             keep = int(tokens.argmax(dim=-1).max()) + 1
             embeddings, tokens = embeddings[:, :keep], tokens[:, :keep]
-        seq = embeddings.shape[1]
         if deep and deep[0] is not None:
             embeddings = _replace_after_sot(embeddings, deep[0])
-        x = embeddings.to(cast) + t.positional_embedding[:seq].to(cast)
+        x = embeddings.to(cast)
+        if cls is not None:
+            x = torch.cat([x, cls.to(cast).view(1, 1, -1).expand(x.shape[0], -1, -1)], dim=1)
+        seq = x.shape[1]
+        x = x + t.positional_embedding[:seq].to(cast)
         mask = t.attn_mask
         if mask is not None:
             mask = mask[:seq, :seq]
-        if getattr(t, "use_pad_mask", False):
+        if pad_mask:
             pad = t._build_additive_mask(tokens, seq, x.dtype)
             mask = pad if mask is None else mask.unsqueeze(0) + pad
         for j, block in enumerate(t.transformer.resblocks):
             if 0 < j < len(deep) and deep[j] is not None:
                 x = _replace_after_sot(x, deep[j])
             x = block(x, attn_mask=mask)
-        x = t.ln_final(x)
-        eos = getattr(t, "text_eos_id", None) or getattr(t, "eos_id", None)
-        x = open_clip.transformer.text_global_pool(x, tokens, pool, eos_token_id=eos)
+        if cls is not None:
+            x = t.ln_final(x[:, -1])                 # CoCa: the appended CLS, LN after pool
+        else:
+            x = t.ln_final(x)
+            eos = getattr(t, "text_eos_id", None) or getattr(t, "eos_id", None)
+            x = open_clip_module().transformer.text_global_pool(x, tokens, pool,
+                                                                 eos_token_id=eos)
         proj = t.text_projection
         if proj is not None:
             x = proj(x) if isinstance(proj, nn.Linear) else x @ proj
@@ -396,6 +538,8 @@ class OpenClipBackbone(Backbone):
         (``[n,Wv]`` or ``[B,n,Wv]``) is appended after the patch tokens (after the positional
         embedding, before ``ln_pre``), ``deep_prompts[j]`` replaces those n tokens as the input
         of block j (``None``: pass through); they are dropped before pooling (MaPLe)."""
+        if deep_prompts:
+            self.require("deep_prompts", who="encode_image_prompted")
         v = self._vision_tower()
         deep = _check_deep(deep_prompts, self.vision_layers, "vision")
         if deep and deep[0] is None:
@@ -428,6 +572,29 @@ class OpenClipBackbone(Backbone):
         if v.proj is not None:
             pooled = pooled @ v.proj
         return pooled.float()
+
+
+def _init_left_empty(model: nn.Module) -> None:
+    """Initialise what open_clip leaves as ``torch.empty`` at random init: CoCa's decoder
+    projection (``MultimodalTransformer.init_parameters`` is never called), which would
+    otherwise hold whatever memory was there -- non-deterministic logits and fingerprint."""
+    dec = getattr(model, "text_decoder", None)
+    proj = getattr(dec, "text_projection", None)
+    if isinstance(proj, nn.Parameter):
+        with torch.no_grad():
+            nn.init.normal_(proj, std=dec.width ** -0.5)
+
+
+@contextlib.contextmanager
+def _output_tokens(tower: nn.Module) -> Iterator[None]:
+    """The tower's own ``(pooled, tokens)`` output (open_clip's ``output_tokens``) for one
+    call; CoCa's towers have it on already, CLIP's return pooled features otherwise."""
+    before = tower.output_tokens
+    tower.output_tokens = True
+    try:
+        yield
+    finally:
+        tower.output_tokens = before
 
 
 def _check_deep(deep_prompts: Sequence[torch.Tensor | None] | None, layers: int,

@@ -71,6 +71,19 @@ CASES = [
      "tiny_backbone", r"backbone 'embedded_mismatch_backbone': encode_text_embedded\("),
     (BackboneContract, "test_widths_and_depths", "no_depth_backbone", "tiny_backbone",
      r"backbone 'no_depth_backbone': text_layers must be a positive int"),
+    (BackboneContract, "test_image_tokens_pool_to_encode_image",
+     "pooled_tokens_mismatch_backbone", "tiny_backbone",
+     r"backbone 'pooled_tokens_mismatch_backbone': encode_image_tokens\(x\)\.pooled vs "),
+    (BackboneContract, "test_text_tokens_pool_to_encode_text", "all_real_text_mask_backbone",
+     "tiny_backbone", r"backbone 'all_real_text_mask_backbone': the padding mask does not "),
+    (BackboneContract, "test_text_decoder_is_causal_and_reads_the_image",
+     "peeking_decoder_backbone", "tiny_backbone",
+     r"backbone 'peeking_decoder_backbone': decoder logits before a changed text position"),
+    (BackboneContract, "test_capabilities_are_known_names", "unknown_capability_backbone",
+     "tiny_backbone", r"backbone 'unknown_capability_backbone': unknown capability 'tokens'"),
+    (BackboneContract, "test_missing_capabilities_are_refused_naming_the_backbone",
+     "silent_refusal_backbone", "tiny_backbone",
+     r"backbone 'silent_refusal_backbone': without capability 'text_decoder' the refusal"),
 ]
 
 
@@ -106,5 +119,9 @@ def test_every_new_rule_has_a_broken_fixture():
                  "test_no_option_shadows_a_core_key",
                  "test_needs_are_outputs_a_pipeline_declares",
                  "test_image_prompted_without_prompts_equals_encode_image",
-                 "test_text_embedded_equals_encode_text", "test_widths_and_depths"):
+                 "test_text_embedded_equals_encode_text", "test_widths_and_depths",
+                 "test_image_tokens_pool_to_encode_image", "test_text_tokens_pool_to_encode_text",
+                 "test_text_decoder_is_causal_and_reads_the_image",
+                 "test_capabilities_are_known_names",
+                 "test_missing_capabilities_are_refused_naming_the_backbone"):
         assert rule in covered, rule
