@@ -10,6 +10,7 @@ They live in the core so that plugins share one definition instead of importing 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import attrs
 import torch
@@ -164,3 +165,42 @@ def template_features(ctx: BuildContext, templates: Sequence[str], who: str) -> 
         feats = torch.nn.functional.normalize(bb.encode_text(bb.tokenize(sentences)).float(),
                                               dim=-1)
     return feats.reshape(len(ctx.class_names), len(templates), -1)
+
+
+#: template lists shipped beside this module, by ``template_set`` name
+TEMPLATE_SETS = {"imagenet80": "templates_imagenet80.txt", "cifar18": "templates_cifar18.txt"}
+
+
+def check_templates(templates: Sequence[str]) -> None:
+    """At least one template, each with ``{}`` (the class name) exactly once."""
+    if not templates:
+        raise ValueError("templates must hold at least one template")
+    for t in templates:
+        if t.count("{}") != 1:
+            raise ValueError(f"template {t!r} must contain '{{}}' (the class name) exactly once")
+
+
+def read_template_file(path: Path) -> list[str]:
+    """Templates from a text file: one per line; blank lines and ``#`` comments skipped."""
+    lines = [ln.strip() for ln in Path(path).read_text(encoding="utf-8").splitlines()]
+    out = [ln for ln in lines if ln and not ln.startswith("#")]
+    check_templates(out)
+    return out
+
+
+def check_template_set(value: str) -> None:
+    """``value`` is empty, a shipped set name or an existing file (else a ValueError that
+    lists the shipped sets)."""
+    if value and value not in TEMPLATE_SETS and not Path(value).expanduser().is_file():
+        raise ValueError(f"template_set {value!r} is neither a shipped list "
+                         f"({', '.join(TEMPLATE_SETS)}) nor an existing file")
+
+
+def resolve_templates(templates: Sequence[str], template_set: str) -> list[str]:
+    """The templates in use: the ``template_set`` list (shipped name or file) when given,
+    else ``templates``."""
+    if not template_set:
+        return list(templates)
+    name = TEMPLATE_SETS.get(template_set)
+    path = Path(__file__).with_name(name) if name else Path(template_set).expanduser()
+    return read_template_file(path)

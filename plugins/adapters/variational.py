@@ -13,8 +13,12 @@ averages the logits over samples.
   the stacked ``old`` parameters (``old_mu_weight [T-1,D,D]`` ...). Stages pick them with
   globs (``adapters.variational.current.*`` while learning a task, ``adapters.variational.*``
   in finetuning). ``init = "text"`` sets the new pair's weights from the seen classes'
-  template-mean text features (mu: ``M^T M / C``, sigma: the same of the template variance),
-  as the reference does; ``"random"`` keeps nn.Linear's init.
+  template-mean text features (mu: ``M^T M / D`` with ``M [C_seen,D]`` the per-class mean
+  over templates of the L2-normalised features, sigma: the same of the unbiased variance
+  over templates) -- the reference's ``init_new_heads`` (its divisor is the embed dim D, not
+  the class count; a parity test rebuilds it); biases keep nn.Linear's init; ``"random"``
+  keeps nn.Linear's init. ``template_set`` = "cifar18" / "imagenet80" picks the
+  reference's lists (``templates``: your own).
 - ``hierarchical = true``: a global pair (``global_``) first draws ``global_samples`` samples
   ``x_g = x + eps_g``; every task pair then samples around each of them: ``S x S_g`` samples.
   (Its input is the adapted text including the task-token term; the reference leaves the
@@ -28,8 +32,10 @@ Declared outputs: ``distributions.<name>`` = q (task level, over the seen classe
 dims first); ``aux.<name>.*``: ``noise_mean [C_seen,D]`` (mean of the real eps over samples
 and batch, for ``lasp``/``ortho``), ``mean`` (q's loc), ``prev_mean`` (loc of the previous
 task's snapshot on the same input, old classes only, for ``distill``; from task 1 on with
-``keep_previous``), ``global_loc``/``global_scale``/``global_mean``/``prev_global_mean``
-with the hierarchy, ``prior_loc``/``prior_scale`` with ``prior = "data"`` (the task pairs
+``keep_previous``), ``trainable_tasks [T]`` (bool: the task pairs whose weights train in
+this stage -- the tasks a ``scope = "per_task"`` loss covers),
+``global_loc``/``global_scale``/``global_mean`` with the hierarchy, ``prev_global_mean``
+(the previous global adapter's loc on the same input, old classes only), ``prior_loc``/``prior_scale`` with ``prior = "data"`` (the task pairs
 applied to the mean input of a random ``context_size`` share of the batch items whose label
 belongs to the current task -- with ``per_batch`` VGA every item has the same input).
 """
@@ -49,16 +55,27 @@ from torch.distributions import Normal
 from clapkit import hookimpl
 from clapkit.errors import ClapkitError
 from clapkit.interfaces import Adapter, BuildContext, StepContext, TextAdapterOutput
-from clapkit.text_prompts import template_features
+from clapkit.text_prompts import (check_template_set, check_templates, resolve_templates,
+                                  template_features)
 
 DEFAULT_TEMPLATES = ["a photo of a {}.", "a bad photo of a {}.", "a photo of the large {}.",
                      "a photo of the small {}.", "a rendering of a {}.", "itap of a {}."]
 
 
+def _templates_ok(inst: object, attribute: attrs.Attribute, value: list[str]) -> None:
+    check_templates(value)
+
+
+def _template_set_ok(inst: object, attribute: attrs.Attribute, value: str) -> None:
+    check_template_set(value)
+
+
 @attrs.frozen
 class VariationalConfig:
     """``hierarchical``/``global_samples``: global adapter and its sample count;
-    ``init``: "random" or "text" (template-mean features, ``templates``);
+    ``init``: "random" or "text" (template statistics of ``templates``, or of the shipped
+    list ``template_set`` = "cifar18" | "imagenet80" | a file: the reference uses its
+    dataset's list, 18 CIFAR / 80 ImageNet-R templates);
     ``keep_previous``: snapshot the previous task's pairs for ``distill``;
     ``prior``: "standard" (N(0,I), nothing extra) or "data" (``prior_loc``/``prior_scale``
     from a context subset of ``context_size`` share of the current task's items);
@@ -72,7 +89,9 @@ class VariationalConfig:
     global_samples: int = attrs.field(default=1, validator=attrs.validators.gt(0))
     init: Literal["random", "text"] = attrs.field(
         default="random", validator=attrs.validators.in_(("random", "text")))
-    templates: list[str] = attrs.field(factory=lambda: list(DEFAULT_TEMPLATES))
+    templates: list[str] = attrs.field(factory=lambda: list(DEFAULT_TEMPLATES),
+                                       validator=_templates_ok)
+    template_set: str = attrs.field(default="", validator=_template_set_ok)
     keep_previous: bool = True
     prior: Literal["standard", "data"] = attrs.field(
         default="standard", validator=attrs.validators.in_(("standard", "data")))
@@ -80,6 +99,14 @@ class VariationalConfig:
                                                                attrs.validators.le(1.0)])
     sigma_init: float | None = attrs.field(default=None, validator=attrs.validators.optional(
         attrs.validators.gt(0.001)))
+
+    def __attrs_post_init__(self) -> None:
+        if self.template_set and self.templates != DEFAULT_TEMPLATES:
+            raise ValueError("give templates or template_set, not both")
+
+    def template_list(self) -> list[str]:
+        """The templates of ``init = "text"``: ``template_set``'s list, else ``templates``."""
+        return resolve_templates(self.templates, self.template_set)
 
 
 def sigma_of(pre: torch.Tensor) -> torch.Tensor:
@@ -171,7 +198,7 @@ class Variational(Adapter):
     """Per-task (and optional global) Gaussian adapters on the class text features."""
 
     place = "text"
-    aux_keys = ("noise_mean", "mean", "prev_mean", "global_loc", "global_scale",
+    aux_keys = ("noise_mean", "mean", "prev_mean", "trainable_tasks", "global_loc", "global_scale",
                 "global_mean", "prev_global_mean", "prior_loc", "prior_scale")
 
     def __init__(self, dim: int, cfg: VariationalConfig,
@@ -199,12 +226,13 @@ class Variational(Adapter):
         return self._n_old + 1
 
     def _init_from_text(self, pair: Pair, seen: int) -> None:
+        """The reference's ``init_new_heads``: ``W = M^T M / D`` over the seen classes."""
         if not hasattr(self, "tmpl_mean"):
             return
         with torch.no_grad():
             for lin, feats in ((pair.mu, self.tmpl_mean[:seen]), (pair.sigma,
                                                                   self.tmpl_var[:seen])):
-                lin.weight.copy_(feats.t() @ feats / max(1, feats.shape[0]))
+                lin.weight.copy_(feats.t() @ feats / feats.shape[1])
 
     def on_task_start(self, task: int, seen_classes: int) -> None:
         """Add pairs up to task ``task``: the current pair joins ``old``; snapshot the state
@@ -307,8 +335,9 @@ class Variational(Adapter):
         if self.global_ is not None:
             mu_g, sig_g = self.global_(x)
             aux.update(global_loc=mu_g, global_scale=sig_g, global_mean=mu_g)
-            if self.prev_global_weight is not None:
-                aux["prev_global_mean"] = F.linear(x, self.prev_global_weight,
+            old_g = self._old_classes(tasks)
+            if self.prev_global_weight is not None and old_g:
+                aux["prev_global_mean"] = F.linear(x[..., :old_g, :], self.prev_global_weight,
                                                    self.prev_global_bias).detach()
             x = x + Normal(mu_g, sig_g, validate_args=False).rsample(
                 (self.cfg.global_samples,))                                  # [G,B',n,D]
@@ -330,6 +359,7 @@ class Variational(Adapter):
         noise_mean = mu + sigma * xi_mean                                  # [(G),B',n,D]
         aux["noise_mean"] = noise_mean.reshape(-1, n, d).mean(0)
         aux["mean"] = mu
+        aux["trainable_tasks"] = self.trainable_tasks(text.device)
         old_n = self._old_classes(tasks)
         if self.prev_mu_weight is not None and old_n:
             if self._old_versions() == self._snap_versions and \
@@ -354,6 +384,13 @@ class Variational(Adapter):
         if not bool(real.all()):
             mask = torch.cat([real, real.new_ones(real.shape[0], c - n)], dim=1)
         return TextAdapterOutput(text=out, distribution=q, aux=aux, sample_mask=mask)
+
+    def trainable_tasks(self, device: torch.device) -> torch.Tensor:
+        """Bool ``[T]``: which task pairs' weights train now (requires_grad)."""
+        old = (self.old_mu_weight.requires_grad or self.old_sigma_weight.requires_grad
+               if self.old_mu_weight is not None else False)
+        cur = self.current.mu.weight.requires_grad or self.current.sigma.weight.requires_grad
+        return torch.tensor([old] * self._n_old + [cur], dtype=torch.bool, device=device)
 
     def _allocation(self, step: StepContext | None, n_tasks: int,
                     device: torch.device) -> torch.Tensor:
@@ -403,23 +440,20 @@ class Variational(Adapter):
 
 def template_stats(ctx: BuildContext, templates: Sequence[str]
                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per class: mean and variance over templates of the L2-normalised text features."""
+    """Per class: mean and unbiased variance over templates of the L2-normalised text
+    features (the reference's ``frozen_text_features_individual.mean(1)`` / ``.var(1)``)."""
     feats = template_features(ctx, templates, "variational: init = \"text\"")
-    return feats.mean(1), feats.var(1, unbiased=False)
-
-
-def _check_templates(cfg: VariationalConfig) -> None:
-    for t in cfg.templates:
-        if t.count("{}") != 1:
-            raise ClapkitError(f"templates: {t!r} must contain '{{}}' exactly once")
+    if feats.shape[1] < 2:
+        raise ClapkitError("variational: init = \"text\" needs at least 2 templates (the "
+                           "sigma layer starts from their variance)")
+    return feats.mean(1), feats.var(1, unbiased=True)
 
 
 def build(cfg: VariationalConfig, ctx: BuildContext) -> Variational:
     """CLAP4CLIP variational adapters: per-task Gaussian mu/sigma, optional global level."""
     stats = None
     if cfg.init == "text":
-        _check_templates(cfg)
-        stats = template_stats(ctx, cfg.templates)
+        stats = template_stats(ctx, cfg.template_list())
     return Variational(ctx.embed_dim, cfg, stats)
 
 

@@ -44,3 +44,28 @@ def step_classes(batch: dict[str, Any], n: int, scope: str, device: torch.device
         if not bool(keep.any()):
             keep = torch.ones_like(keep)
     return keep
+
+
+SCOPES = ("current", "seen", "per_task")
+
+
+def class_groups(outputs: dict[str, Any], adapter: str, batch: dict[str, Any], n: int,
+                 scope: str, device: torch.device, loss: str) -> list[torch.Tensor]:
+    """Bool ``[n]`` masks over the seen classes, one per term of the loss.
+
+    ``"current"`` / ``"seen"``: one mask (:func:`step_classes`). ``"per_task"``: one mask per
+    seen task whose adapter pair trains in this stage (``aux.<adapter>.trainable_tasks``) --
+    the reference's scope: the current task while a task is learnt (old pairs frozen), every
+    seen task, each its own term, in class-balanced finetuning (all pairs train). Without
+    that output, or when no pair trains, the current task."""
+    if scope != "per_task":
+        return [step_classes(batch, n, scope, device)]
+    step = batch.get("step")
+    if step is None or step.task_of_class is None:
+        return [torch.ones(n, dtype=torch.bool, device=device)]
+    toc = step.task_of_class[:n].to(device)
+    trains = aux_of(outputs, adapter, "trainable_tasks", loss)
+    tasks = ([t for t in range(int(trains.numel())) if bool(trains[t])]
+             if trains is not None else [])
+    groups = [toc == t for t in tasks if bool((toc == t).any())]
+    return groups or [step_classes(batch, n, "current", device)]

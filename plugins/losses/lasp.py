@@ -1,10 +1,14 @@
 """`lasp` loss: CLAP4CLIP's language-aware prior term (after LASP; seed 000 section 5).
 
-For the kept classes k (current task while learning it, all seen in finetuning): with
+For the classes k of one term: with
 ``P[k]`` the mean over hand-crafted templates of the L2-normalised text features of class k
 and ``N[k]`` the mean over Monte-Carlo samples of the adapter's noise samples (``eps``),
 ``sims = P N^T`` and ``L = beta * CE(sims, diag)``: each class's samples must point at its
-own language prior rather than another class's. (The reference averages ``P_p . eps_s``
+own language prior rather than another class's. ``scope``: ``"per_task"`` (default, the
+reference's: one CE per task whose adapter pair trains -- the current task while a task is
+learnt, every seen task separately in class-balanced finetuning -- summed), ``"current"``,
+or ``"seen"`` (one CE over all seen classes). ``template_set`` = "cifar18" / "imagenet80"
+gives the reference's dataset lists. (The reference averages ``P_p . eps_s``
 over templates p and samples s; that is the same bilinear quantity.) Reference beta = 15.
 The template features are computed once at build with the frozen text encoder. (With the
 hierarchy the reference adds the same term on the global adapter's samples; this loss reads
@@ -22,33 +26,44 @@ import torch.nn.functional as F
 from clapkit import hookimpl
 from clapkit.errors import ClapkitError
 from clapkit.interfaces import BuildContext, Loss
-from clapkit.text_prompts import template_features
+from clapkit.text_prompts import (check_template_set, check_templates, resolve_templates,
+                                  template_features)
 
-from ._variational_outputs import need_aux, step_classes
+from ._variational_outputs import SCOPES, class_groups, need_aux
 
 DEFAULT_TEMPLATES = ["a photo of a {}.", "a bad photo of a {}.", "a photo of the large {}.",
                      "a photo of the small {}.", "a rendering of a {}.", "itap of a {}."]
 
 
 def _check_templates(inst, attr, value: list[str]) -> None:
-    if not value:
-        raise ValueError("templates must hold at least one template")
-    for t in value:
-        if t.count("{}") != 1:
-            raise ValueError(f"template {t!r} must contain '{{}}' exactly once")
+    check_templates(value)
+
+
+def _check_template_set(inst, attr, value: str) -> None:
+    check_template_set(value)
 
 
 @attrs.frozen
 class LaspConfig:
     """``adapter``: the variational adapter; ``beta``: weight (reference 15);
-    ``scope``: "current" | "seen"; ``templates`` of the language prior."""
+    ``scope``: "per_task" | "current" | "seen"; ``templates`` of the language prior, or
+    ``template_set`` (a shipped list name or a file) instead."""
 
     adapter: str = "variational"
     beta: float = attrs.field(default=15.0, validator=attrs.validators.ge(0))
-    scope: Literal["current", "seen"] = attrs.field(
-        default="current", validator=attrs.validators.in_(("current", "seen")))
+    scope: Literal["per_task", "current", "seen"] = attrs.field(
+        default="per_task", validator=attrs.validators.in_(SCOPES))
     templates: list[str] = attrs.field(factory=lambda: list(DEFAULT_TEMPLATES),
                                        validator=_check_templates)
+    template_set: str = attrs.field(default="", validator=_check_template_set)
+
+    def __attrs_post_init__(self) -> None:
+        if self.template_set and self.templates != DEFAULT_TEMPLATES:
+            raise ValueError("give templates or template_set, not both")
+
+    def template_list(self) -> list[str]:
+        """``template_set``'s list when given, else ``templates``."""
+        return resolve_templates(self.templates, self.template_set)
 
 
 def lasp_value(prior: torch.Tensor, noise_mean: torch.Tensor) -> torch.Tensor:
@@ -72,9 +87,10 @@ class Lasp(Loss):
         if n > self.prior.shape[0]:
             raise ClapkitError(f"loss 'lasp': {n} classes in the samples but the language "
                                f"prior knows {self.prior.shape[0]}")
-        keep = step_classes(batch, n, self.cfg.scope, nm.device)
-        prior = self.prior[:n].to(nm)[keep]
-        return self.cfg.beta * lasp_value(prior, nm[keep])
+        prior = self.prior[:n].to(nm)
+        groups = class_groups(outputs, self.cfg.adapter, batch, n, self.cfg.scope, nm.device,
+                              "lasp")
+        return self.cfg.beta * sum(lasp_value(prior[keep], nm[keep]) for keep in groups)
 
 
 def template_prior(ctx: BuildContext, templates: list[str]) -> torch.Tensor:
@@ -84,7 +100,7 @@ def template_prior(ctx: BuildContext, templates: list[str]) -> torch.Tensor:
 
 def build(cfg: LaspConfig, ctx: BuildContext) -> Lasp:
     """Language-aware prior loss on the variational adapter's samples (beta 15)."""
-    return Lasp(cfg, template_prior(ctx, cfg.templates))
+    return Lasp(cfg, template_prior(ctx, cfg.template_list()))
 
 
 @hookimpl

@@ -1,12 +1,16 @@
 """`prior_kl` loss: KL(q || p) of the variational adapter's distribution (CLAP4CLIP's prior
 matching term, seed 000 section 5): ``scale * mean over classes (and batch/global-sample
-dims) of the sum over feature dims of KL``. Reference: scale 0.001, current task's classes
-while learning a task (``scope = "current"``), all seen ones in finetuning (``"seen"``).
+dims) of the sum over feature dims of KL``. Reference scale 0.001. ``scope``: ``"per_task"`` (default,
+the reference's: one such term per task whose adapter pair trains -- the current task while
+a task is learnt, every seen task in class-balanced finetuning -- summed), ``"current"`` (the
+current task's classes) or ``"seen"`` (one mean over all seen classes).
 
 ``prior``: ``"standard"`` p = N(0, I); ``"data"`` p = the adapter's data-driven prior from a
 context subset (``aux.<adapter>.prior_loc/prior_scale``; the adapter needs
 ``prior = "data"``). With the hierarchy the global adapter's KL to N(0, I) is added
-(``include_global``), as the reference does.
+(``include_global``), as the reference does. (With the hierarchy the reference's KL of the
+task pairs averages over the global samples and then *sums* over classes; here every term
+is a mean over classes, one consistent choice listed in docs/fidelity.md.)
 """
 
 from __future__ import annotations
@@ -20,20 +24,20 @@ from clapkit import hookimpl
 from clapkit.errors import ClapkitError
 from clapkit.interfaces import BuildContext, Loss
 
-from ._variational_outputs import aux_of, need_aux, step_classes
+from ._variational_outputs import SCOPES, aux_of, class_groups, need_aux
 
 
 @attrs.frozen
 class PriorKLConfig:
     """``adapter``: the variational adapter's name; ``prior``: "standard" | "data";
-    ``scope``: "current" | "seen" classes; ``scale``: reference 0.001;
+    ``scope``: "per_task" | "current" | "seen" (see the module doc); ``scale``: 0.001;
     ``include_global``: add the global adapter's KL when the adapter has the hierarchy."""
 
     adapter: str = "variational"
     prior: Literal["standard", "data"] = attrs.field(
         default="standard", validator=attrs.validators.in_(("standard", "data")))
-    scope: Literal["current", "seen"] = attrs.field(
-        default="current", validator=attrs.validators.in_(("current", "seen")))
+    scope: Literal["per_task", "current", "seen"] = attrs.field(
+        default="per_task", validator=attrs.validators.in_(SCOPES))
     scale: float = attrs.field(default=0.001, validator=attrs.validators.ge(0))
     include_global: bool = True
 
@@ -71,8 +75,10 @@ class PriorKL(Loss):
             mu_p, sigma_p = mu_p.unsqueeze(-3), sigma_p.unsqueeze(-3)    # over batch dim
         else:
             mu_p, sigma_p = torch.zeros_like(mu), torch.ones_like(sigma)
-        keep = step_classes(batch, mu.shape[-2], cfg.scope, mu.device)
-        value = class_mean_kl(gaussian_kl(mu, sigma, mu_p, sigma_p), keep)
+        kl = gaussian_kl(mu, sigma, mu_p, sigma_p)
+        groups = class_groups(outputs, cfg.adapter, batch, mu.shape[-2], cfg.scope, mu.device,
+                              "prior_kl")
+        value = sum(class_mean_kl(kl, keep) for keep in groups)
         g_loc = aux_of(outputs, cfg.adapter, "global_loc", "prior_kl")
         if cfg.include_global and g_loc is not None:
             g_scale = need_aux(outputs, cfg.adapter, "global_scale", "prior_kl")

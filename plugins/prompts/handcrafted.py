@@ -14,7 +14,6 @@ with the current tower (the features never go stale).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import attrs
 import torch
@@ -24,35 +23,24 @@ from clapkit import hookimpl
 from clapkit.errors import ClapkitError
 from clapkit.interfaces import (Backbone, BuildContext, ImageInputs, Prompt, PromptOutput,
                                 StepContext)
+from clapkit.text_prompts import (TEMPLATE_SETS, check_template_set, check_templates,
+                                  read_template_file, resolve_templates)
+
+__all__ = ["TEMPLATE_SETS", "read_template_file", "HandcraftedConfig", "HandcraftedPrompt",
+           "build", "class_sentences", "encode_sentences"]
 
 Descriptions = dict[str, list[str] | str] | list[list[str] | str] | None
 
 
 def _check_templates(inst: object, attribute: attrs.Attribute, value: list[str]) -> None:
-    if not value:
-        raise ValueError("templates must hold at least one template")
-    for t in value:
-        if t.count("{}") != 1:
-            raise ValueError(f"template {t!r} must contain '{{}}' (the class name) exactly once")
+    check_templates(value)
 
 
-#: template lists shipped beside this module (``template_set`` names)
-TEMPLATE_SETS = {"imagenet80": "templates_imagenet80.txt", "cifar18": "templates_cifar18.txt"}
 DEFAULT_TEMPLATES = ["a photo of a {}."]
 
 
-def read_template_file(path: Path) -> list[str]:
-    """Templates from a text file: one per line; blank lines and ``#`` comments skipped."""
-    lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
-    out = [ln for ln in lines if ln and not ln.startswith("#")]
-    _check_templates(None, None, out)  # type: ignore[arg-type]
-    return out
-
-
 def _check_template_set(inst: object, attribute: attrs.Attribute, value: str) -> None:
-    if value and value not in TEMPLATE_SETS and not Path(value).expanduser().is_file():
-        raise ValueError(f"template_set {value!r} is neither a shipped list "
-                         f"({', '.join(TEMPLATE_SETS)}) nor an existing file")
+    check_template_set(value)
 
 
 @attrs.frozen
@@ -83,11 +71,7 @@ class HandcraftedConfig:
 
     def template_list(self) -> list[str]:
         """The templates in use: the ``template_set`` list when given, else ``templates``."""
-        if not self.template_set:
-            return list(self.templates)
-        name = TEMPLATE_SETS.get(self.template_set)
-        path = Path(__file__).with_name(name) if name else Path(self.template_set).expanduser()
-        return read_template_file(path)
+        return resolve_templates(self.templates, self.template_set)
 
 
 def class_sentences(cfg: HandcraftedConfig, class_names: Sequence[str]) -> list[list[str]]:

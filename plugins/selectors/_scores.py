@@ -70,9 +70,12 @@ def variance(inputs: SelectionInputs) -> torch.Tensor:
     return var.sum(-1)
 
 
-def entropy(inputs: SelectionInputs) -> torch.Tensor:
-    """``[N]`` entropy of the Monte-Carlo predictive."""
-    p = predictive(inputs)
+def entropy(inputs: SelectionInputs, of: str = "mean_logits") -> torch.Tensor:
+    """``[N]`` entropy of ``softmax(mean logits)`` (``of = "mean_logits"``, the reference's
+    EntropyExemplarsSelector) or of the Monte-Carlo predictive (``"samples"``: mean over
+    samples of the softmax)."""
+    p = (torch.softmax(inputs.logits.float(), dim=-1) if of == "mean_logits"
+         else predictive(inputs))
     return -(p * p.clamp_min(1e-12).log()).sum(-1)
 
 

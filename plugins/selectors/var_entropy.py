@@ -22,7 +22,9 @@ class VarEntropySelector(Selector):
     """Low variance and high entropy together."""
 
     def select(self, inputs: SelectionInputs, budget: int) -> torch.Tensor:
-        return pick_lowest(ranks(variance(inputs)) + ranks(-entropy(inputs)), inputs.labels, budget)
+        # the reference's entropy here is of the Monte-Carlo predictive (probs.mean over samples)
+        key = ranks(variance(inputs)) + ranks(-entropy(inputs, "samples"))
+        return pick_lowest(key, inputs.labels, budget)
 
 
 def build(cfg, ctx: BuildContext) -> VarEntropySelector:

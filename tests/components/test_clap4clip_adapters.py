@@ -233,7 +233,7 @@ def test_variational_text_init_and_batch_independent_input(make, ctx):
     var = make("adapter", "variational", ctx, init="text", templates=["a {}.", "the {}!"])
     var.on_task_start(0, 2)
     m = var.tmpl_mean[:2]
-    torch.testing.assert_close(var.current.mu.weight, m.t() @ m / 2)
+    torch.testing.assert_close(var.current.mu.weight, m.t() @ m / D)   # reference: / D
     with pytest.raises(Exception, match="templates"):
         make("adapter", "variational", ctx, init="text", templates=["no slot"])
     x, z = torch.randn(1, 4, D), torch.randn(3, D)

@@ -26,7 +26,8 @@ def _inputs(n=30, c=4, s=6, seed=0, mask=False):
 
 def _ref_scores(inp):
     """Per-item loops (the reference's formulas, each item from its own samples only)."""
-    out = {"energy": [], "variance": [], "entropy": [], "distance": []}
+    out = {"energy": [], "variance": [], "entropy": [], "entropy_mean_logits": [],
+           "distance": []}
     for i in range(len(inp.labels)):
         keep = (inp.sample_mask[:, i] if inp.sample_mask is not None
                 else torch.ones(inp.sample_logits.shape[0], dtype=torch.bool))
@@ -36,6 +37,8 @@ def _ref_scores(inp):
         out["variance"].append(p.var(0).sum() if len(li) > 1 else torch.tensor(0.0))
         pm = p.mean(0)
         out["entropy"].append(-(pm * pm.log()).sum())
+        pl = torch.softmax(inp.logits[i], -1)               # the reference's entropy input
+        out["entropy_mean_logits"].append(-(pl * pl.log()).sum())
         out["distance"].append(inp.logits[i, inp.labels[i]])
     return {k: torch.stack(v) for k, v in out.items()}
 
@@ -55,13 +58,15 @@ def test_scores_match_per_item_reference(mask):
     ref = _ref_scores(inp)
     torch.testing.assert_close(S.energy(inp), ref["energy"])
     torch.testing.assert_close(S.variance(inp), ref["variance"], atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(S.entropy(inp), ref["entropy"], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(S.entropy(inp, "samples"), ref["entropy"], atol=1e-6, rtol=1e-5)
+    pm = torch.softmax(inp.logits, -1)                      # reference: softmax(mean logits)
+    torch.testing.assert_close(S.entropy(inp), -(pm * pm.log()).sum(-1), atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(S.own_logit(inp), ref["distance"])
 
 
 @pytest.mark.parametrize("name,key", [("energy", lambda r: r["energy"]),
                                       ("variance", lambda r: r["variance"]),
-                                      ("entropy", lambda r: -r["entropy"]),
+                                      ("entropy", lambda r: -r["entropy_mean_logits"]),
                                       ("distance", lambda r: r["distance"])])
 def test_selection_follows_the_documented_order(make, name, key):
     inp = _inputs(seed=4)
@@ -108,7 +113,7 @@ def test_mc_scores_stay_with_their_item(make, name):
 def test_var_entropy_is_rank_sum():
     from clapkit_plugins.selectors import _scores as S
     inp = _inputs(seed=5)
-    key = S.ranks(S.variance(inp)) + S.ranks(-S.entropy(inp))
+    key = S.ranks(S.variance(inp)) + S.ranks(-S.entropy(inp, "samples"))
     assert torch.equal(S.ranks(torch.tensor([3.0, 1.0, 2.0, 1.0])), torch.tensor([3, 0, 2, 1]))
     from clapkit_plugins.selectors.var_entropy import VarEntropySelector
     assert VarEntropySelector().select(inp, 8).tolist() == _pick(key, inp.labels, 8)
@@ -123,10 +128,13 @@ def test_variance_needs_samples_and_others_fall_back_to_logits(make):
     assert e.tolist() == _pick(torch.logsumexp(inp.logits, -1), inp.labels, 8)
 
 
-def test_herding_matches_icarl_loop(make):
+@pytest.mark.parametrize("on", ["logits", "features"])
+def test_herding_matches_icarl_loop(make, on):
+    """Default: on the normalised mean logits (the reference's HerdingExemplarsSelector)."""
     inp = _inputs(seed=6)
-    got = make("selector", "herding", CTX).select(inp, 10).tolist()
-    f = torch.nn.functional.normalize(inp.features, dim=-1)
+    opts = {} if on == "logits" else {"on": "features"}
+    got = make("selector", "herding", CTX, **opts).select(inp, 10).tolist()
+    f = torch.nn.functional.normalize(inp.logits if on == "logits" else inp.features, dim=-1)
     want = []
     for c, q in class_quota(inp.labels, 10).items():
         idx = torch.nonzero(inp.labels == c)[:, 0].tolist()
