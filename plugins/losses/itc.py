@@ -80,18 +80,25 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def gather_with_grad(image: torch.Tensor, text: torch.Tensor, ids: torch.Tensor
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The features and ids of every rank in rank order, gradients flowing back to each
-    rank's own rows (open_clip's ``gather_with_grad``); unchanged in a single process.
-    Every rank must hold the same batch size (as open_clip assumes)."""
+def gather_batch(image: torch.Tensor, text: torch.Tensor, ids: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The features and ids of every rank in rank order, this rank's own rows kept as the
+    autograd tensors they are (open_clip's default ``gather_with_grad = False``): the loss
+    every rank then computes is the global one, and the gradient reaching a rank's rows is
+    exactly that loss's gradient w.r.t. them. Unchanged in a single process. Every rank must
+    hold the same batch size (as open_clip assumes)."""
     if not _distributed():
         return image, text, ids
-    import torch.distributed.nn as dist_nn
-    all_v = torch.cat(dist_nn.all_gather(image.contiguous()))
-    all_t = torch.cat(dist_nn.all_gather(text.contiguous()))
-    _, all_ids = gather_all(image.detach(), ids)
-    return all_v, all_t, all_ids
+    dist = torch.distributed
+    world, rank = dist.get_world_size(), dist.get_rank()
+    parts_v = [torch.empty_like(image) for _ in range(world)]
+    parts_t = [torch.empty_like(text) for _ in range(world)]
+    parts_i = [torch.empty_like(ids) for _ in range(world)]
+    dist.all_gather(parts_v, image.detach().contiguous())
+    dist.all_gather(parts_t, text.detach().contiguous())
+    dist.all_gather(parts_i, ids.contiguous())
+    parts_v[rank], parts_t[rank] = image, text
+    return torch.cat(parts_v), torch.cat(parts_t), torch.cat(parts_i)
 
 
 def itc_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor | float,
@@ -103,7 +110,7 @@ def itc_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor 
     if gather and _distributed():
         if image_ids is None or text_ids is not None and text_ids is not image_ids:
             raise ValueError("gathered ITC needs one id tensor shared by images and texts")
-        v, t, image_ids = gather_with_grad(v, t, image_ids)
+        v, t, image_ids = gather_batch(v, t, image_ids)
         text_ids = image_ids
     s = torch.as_tensor(logit_scale, dtype=torch.float32, device=v.device).clamp(
         max=MAX_LOGIT_SCALE)
