@@ -84,6 +84,9 @@ CASES = [
     (BackboneContract, "test_missing_capabilities_are_refused_naming_the_backbone",
      "silent_refusal_backbone", "tiny_backbone",
      r"backbone 'silent_refusal_backbone': without capability 'text_decoder' the refusal"),
+    (BackboneContract, "test_missing_capabilities_are_refused_naming_the_backbone",
+     "undeclared_tokens_backbone", "tiny_backbone",
+     r"backbone 'undeclared_tokens_backbone': 'text_tokens' is not in capabilities but its "),
 ]
 
 
