@@ -3,6 +3,9 @@ its token outputs and caption decoder are CoCa's own, and prompts work inside it
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -105,3 +108,24 @@ def test_deep_prompts_inside_cocas_towers(coca):
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(got, plain, atol=1e-3)
     assert vis.shape == (2, 32) and torch.isfinite(vis).all()
+
+
+def test_tiny_coca_evaluates_zero_shot_through_the_cli(tmp_path, capsys):
+    """The zero-shot recipe (hand-crafted prompts, cosine head, no stages) with a CoCa
+    backbone: `recipe check` passes and `eval` writes accuracy figures."""
+    from clapkit.cli import main
+    recipe = tmp_path / "coca.toml"
+    zero_shot = Path(__file__).resolve().parents[1] / "recipes" / "zero_shot.toml"
+    recipe.write_text(f'extends = "{zero_shot}"\n[backbone]\nplugin = "open_clip"\n'
+                      f'model = "{TINY_COCA_MODEL}"\npretrained = ""\n')
+    sets = ["--set", f'data.root="{tmp_path / "demo"}"', "--set",
+            f'cache.dir="{tmp_path / "cache"}"']
+    for argv in (["recipe", "check", str(recipe), *sets],
+                 ["eval", str(recipe), "--split", "test", "--out", str(tmp_path / "ev"),
+                  *sets]):
+        with pytest.raises(SystemExit) as code:
+            main(argv)
+        assert code.value.code == 0, capsys.readouterr()
+    result = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert result["num_items"] > 0 and 0.0 <= result["top1"] <= 1.0
+    assert sum(map(sum, result["confusion"])) == result["num_items"]
