@@ -15,11 +15,12 @@ of all of them, the usual model-selection number).
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 
 import torch
 
-__all__ = ["group_codes", "best_positive_rank", "retrieval_recall", "similarity_in_chunks"]
+__all__ = ["group_codes", "best_positive_rank", "retrieval_recall", "similarity_in_chunks",
+           "rerank_top_k"]
 
 
 def group_codes(image_ids: Sequence[Hashable], text_ids: Sequence[Hashable]
@@ -84,3 +85,22 @@ def similarity_in_chunks(image_features: torch.Tensor, text_features: torch.Tens
     a = torch.nn.functional.normalize(image_features.float(), dim=-1)
     b = torch.nn.functional.normalize(text_features.float(), dim=-1)
     return torch.cat([(a[i:i + chunk] @ b.t()).cpu() for i in range(0, a.shape[0], chunk)])
+
+
+def rerank_top_k(sim: torch.Tensor, k: int,
+                 score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+                 ) -> torch.Tensor:
+    """BLIP's re-ranking: the top-``k`` candidates of every row of ``sim [Q,N]`` rescored by
+    ``score(rows [M], cols [M]) -> [M]`` (e.g. the ITM match logit of each pair) plus their
+    similarity, all of them placed above the other candidates, whose order is kept.
+    Use it once per direction (pass ``sim.t()`` and a swapped ``score`` for text -> image)."""
+    if k < 1:
+        raise ValueError(f"re-ranking needs k >= 1, got {k}")
+    k = min(k, sim.shape[1])
+    top_sim, top = sim.topk(k, dim=1)                                   # [Q,k]
+    rows = torch.arange(sim.shape[0], device=sim.device)[:, None].expand_as(top)
+    new = score(rows.reshape(-1), top.reshape(-1)).reshape(top.shape).to(sim.dtype) + top_sim
+    # below every re-ranked score: the rest keeps its order under the candidates
+    floor = new.min() - 1.0 - (sim.max() - sim.min())
+    out = sim - sim.max() + floor
+    return out.scatter(1, top, new)

@@ -88,3 +88,65 @@ def test_objective_equals_the_loss_over_full_logits():
     full = obj.token_logits(text[:, :-1], pad, images)          # every position
     want = caption_lm_loss(full, tokens[:, 1:], 0, 0.1)
     assert torch.allclose(obj(text, tokens, images), want, atol=1e-6)
+
+
+# --- generation ------------------------------------------------------------------------------
+
+from clapkit_plugins.losses._caption_decoding import generate, penalise_repeats  # noqa: E402
+
+PAD, SOT, EOT, A, B_ = 0, 1, 2, 3, 4
+
+
+def _markov(table):
+    """Next-token log-probabilities from the last token only (rows: last token)."""
+    logp = torch.full((5, 5), -1e9)
+    for last, nxt in table.items():
+        for tok, p in nxt.items():
+            logp[last, tok] = torch.log(torch.tensor(p))
+
+    def step(tokens, rows):
+        return logp[tokens[:, -1]]
+    return step
+
+
+def test_beam_search_finds_the_likelier_caption_greedy_misses():
+    # sot -> a 0.6 | b 0.4; a -> eot/a/b 1/3 each; b -> eot 0.9
+    step = _markov({SOT: {A: 0.6, B_: 0.4}, A: {EOT: 1 / 3 + 1e-3, A: 1 / 3, B_: 1 / 3 - 1e-3},
+                    B_: {EOT: 0.9, A: 0.05, B_: 0.05}})
+    assert generate(step, 1, SOT, EOT, max_length=2, beams=1) == [[A]]        # p = 0.2
+    assert generate(step, 1, SOT, EOT, max_length=2, beams=2) == [[B_]]       # p = 0.36
+
+
+def test_greedy_is_the_argmax_chain_per_image():
+    table = torch.tensor([[0, 0, 0, 5., 1.], [0, 0, 0, 1., 5.]])           # image 0 likes a
+
+    def step(tokens, rows):
+        logits = torch.full((len(rows), 5), -5.0)
+        logits[:, 3:] = table[rows, 3:]
+        if tokens.shape[1] >= 3:                 # sot + 2 tokens: end
+            logits[:, EOT] = 10.0
+        return logits
+    assert generate(step, 2, SOT, EOT, max_length=6) == [[A, A], [B_, B_]]
+
+
+def test_min_length_forbids_an_early_end():
+    step = _markov({SOT: {EOT: 0.9, A: 0.1}, A: {EOT: 0.9, A: 0.1}})
+    assert generate(step, 1, SOT, EOT, max_length=5) == [[]]
+    assert generate(step, 1, SOT, EOT, max_length=5, min_length=3) == [[A, A, A]]
+    assert generate(step, 1, SOT, EOT, max_length=5, min_length=3, beams=3) == [[A, A, A]]
+
+
+def test_repetition_penalty_steers_away_from_seen_tokens():
+    logits = torch.tensor([[2.0, -1.0, 0.5]])
+    got = penalise_repeats(logits, torch.tensor([[0, 1]]), 2.0)
+    assert torch.allclose(got, torch.tensor([[1.0, -2.0, 0.5]]))
+    step = _markov({SOT: {A: 0.5, B_: 0.3, EOT: 0.2}, A: {A: 0.45, B_: 0.35, EOT: 0.2},
+                    B_: {A: 0.35, B_: 0.45, EOT: 0.2}})
+    assert generate(step, 1, SOT, EOT, max_length=3) == [[A, A, A]]
+    # log-probs are negative: a seen token's logit is multiplied by 3 -> the other one wins
+    assert generate(step, 1, SOT, EOT, max_length=2, repetition_penalty=3.0) == [[A, B_]]
+
+
+def test_bad_generation_options_are_refused():
+    with pytest.raises(ValueError, match="min_length"):
+        generate(lambda t, r: torch.zeros(len(r), 5), 1, SOT, EOT, max_length=2, min_length=3)

@@ -73,3 +73,26 @@ def test_chunked_similarity_equals_the_full_matrix():
     a, b = torch.randn(7, 5, generator=g), torch.randn(9, 5, generator=g)
     full = torch.nn.functional.normalize(a, dim=-1) @ torch.nn.functional.normalize(b, dim=-1).T
     assert torch.allclose(similarity_in_chunks(a, b, chunk=3), full, atol=1e-6)
+
+
+def test_rerank_top_k_rescored_candidates_and_keeps_the_rest_below():
+    from clapkit.metrics_retrieval import rerank_top_k
+
+    sim = torch.tensor([[0.9, 0.8, 0.1, 0.5],
+                        [0.2, 0.3, 0.4, 0.1]])
+    # the matcher prefers column 1 for row 0 and column 0 for row 1
+    pref = torch.tensor([[0.0, 5.0, 9.0, 0.0], [3.0, 0.0, 0.0, 9.0]])
+    calls = []
+
+    def score(rows, cols):
+        calls.append((rows.tolist(), cols.tolist()))
+        return pref[rows, cols]
+
+    out = rerank_top_k(sim, 2, score)
+    assert calls == [([0, 0, 1, 1], [0, 1, 2, 1])]            # only the top-2 are scored
+    assert out[0].argsort(descending=True).tolist() == [1, 0, 3, 2]
+    assert out[1].argsort(descending=True).tolist() == [2, 1, 0, 3]   # col 0 not a candidate
+    assert torch.allclose(out[0, 1], torch.tensor(5.8)) and torch.allclose(out[0, 0],
+                                                                          torch.tensor(0.9))
+    # the matcher's choice comes first where the plain similarity ranked another first
+    assert int(sim[0].argmax()) == 0 and int(out[0].argmax()) == 1
