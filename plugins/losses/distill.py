@@ -8,7 +8,10 @@ snapshot's (``aux.<adapter>.mean``/``prev_mean``; with the hierarchy also
 adapter, needs the hierarchy), ``"task"`` (the task pairs of the old classes -- they differ
 from the snapshot only where old pairs train, e.g. in class-balanced finetuning), ``"both"``,
 or ``"auto"`` (global with the hierarchy, task without). Task 0 has no previous task: 0.
-Reference scale 0.3.
+Reference scale 0.3. Both means cover the old classes only (the reference's
+``mse_loss(prev_loc, qdist_g.loc[:n_old])``; a parity test rebuilds it). Difference left
+(docs/fidelity.md): the snapshot is applied to the current VGA output, where the reference
+runs its previous VGA and task tokens, so VGA drift is not distilled.
 """
 
 from __future__ import annotations

@@ -217,7 +217,7 @@ def test_training_losses_equal_the_reference(chain, make, ctx, phase):
     # the other scopes are different losses here (the option is not a no-op)
     seen_kl = make("loss", "prior_kl", ctx, scope="seen")(out, batch)
     if phase == "finetune":
-        assert abs(float(seen_kl) - float(ref_kl_v)) > 1e-4
+        assert abs(float(seen_kl.detach()) - float(ref_kl_v)) > 1e-4
     (ce + kl + lasp).backward()                             # the terms train the pairs
     assert var.current.mu.weight.grad is not None
 
@@ -244,3 +244,23 @@ def test_distill_equals_the_reference_global_term(make, ctx):
     want = F.mse_loss(prev_loc, now_loc[:2]) * 0.3
     torch.testing.assert_close(got.detach(), want.detach(), atol=1e-6, rtol=1e-5)
     assert o.aux["prev_global_mean"].shape[-2] == 2         # old classes only
+
+
+@pytest.mark.parametrize("name,tset", [("clap4clip_cifar100.toml", "cifar18"),
+                                       ("clap4clip_imagenet_r.toml", "imagenet80")])
+def test_flagship_recipes_select_the_reference_behaviour(host, name, tset):
+    """The keys the parity tests above run with, as the flagship recipes resolve them."""
+    from pathlib import Path
+
+    from clapkit.recipe import load_recipe
+    r = load_recipe(Path(__file__).parents[2] / "recipes" / name, host)
+    first = next(iter(r.prompts.values()))
+    assert first.plugin == "handcrafted" and first.config.template_set == tset
+    assert len(first.config.template_list()) == int(tset[-2:])
+    var = r.adapters["variational"].config
+    assert var.init == "text" and var.template_set == tset
+    assert r.head.plugin == "cosine" and r.head.config.normalize_text is False
+    assert r.losses["ce"].config.over_samples is True
+    assert r.losses["kl"].config.scope == "per_task"
+    lasp = r.losses["lasp"].config
+    assert lasp.scope == "per_task" and lasp.template_set == tset
