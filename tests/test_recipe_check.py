@@ -132,16 +132,18 @@ def test_a_build_error_on_the_stand_in_backbone_says_so(host, work, monkeypatch)
 def test_missing_weights_check_the_recipes_own_architecture(work, capsys):
     """Weights not on this machine: the check builds the recipe's model randomly initialised
     (open_clip's ``offline_options``), so MaPLe depth 9 is checked against ViT-B-16's 12
-    blocks, and the note says what was not verified. The shipped recipe passes (with one
-    text template instead of the recipe's many: their features through ViT-B-16's text
+    blocks, and the note says what was not verified. The shipped recipe passes (with two
+    text templates instead of the recipe's 18: their features through ViT-B-16's text
     tower are most of the check's time, and they do not touch what is tested here)."""
     maple = RECIPES[0].parent / "clap4clip_cifar100_maple.toml"
-    one = "['a photo of a {}.']"
+    two = "['a photo of a {}.', 'a bad photo of a {}.']"   # the sigma init needs a variance
     with pytest.raises(SystemExit) as code:
         main(["recipe", "check", str(maple), "--set", _cache(work)[0],
               "--set", f'backbone.cache_dir="{work / "no-weights"}"',
-              "--set", f"adapters.variational.templates={one}",
-              "--set", f"losses.lasp.templates={one}"])
+              "--set", 'adapters.variational.template_set=""',
+              "--set", f"adapters.variational.templates={two}",
+              "--set", 'losses.lasp.template_set=""',
+              "--set", f"losses.lasp.templates={two}"])
     out = capsys.readouterr().out
     assert code.value.code == 0, out
     note = next(line for line in out.splitlines() if line.startswith("note: backbone:"))
