@@ -264,3 +264,20 @@ def test_flagship_recipes_select_the_reference_behaviour(host, name, tset):
     assert r.losses["kl"].config.scope == "per_task"
     lasp = r.losses["lasp"].config
     assert lasp.scope == "per_task" and lasp.template_set == tset
+
+
+def test_template_set_keys_of_the_init_and_lasp(make, ctx):
+    """``template_set`` names a shipped list (an error lists them) and excludes
+    ``templates``; the lasp prior is then the mean over those 18 templates."""
+    from clapkit.text_prompts import resolve_templates
+    for kind, name in (("adapter", "variational"), ("loss", "lasp")):
+        with pytest.raises(Exception, match=r"imagenet80, cifar18"):
+            make(kind, name, ctx, template_set="cifar10")
+        with pytest.raises(Exception, match="not both"):
+            make(kind, name, ctx, template_set="cifar18", templates=["a {}."])
+    cifar = resolve_templates([], "cifar18")
+    lasp = make("loss", "lasp", ctx, template_set="cifar18")
+    want = ref_individual(ctx.backbone, ctx.class_names, cifar).mean(1)
+    torch.testing.assert_close(lasp.prior, want, atol=1e-6, rtol=1e-5)
+    var = make("adapter", "variational", ctx, init="text", template_set="cifar18")
+    torch.testing.assert_close(var.tmpl_mean, want, atol=1e-6, rtol=1e-5)
