@@ -35,8 +35,8 @@ task's snapshot on the same input, old classes only, for ``distill``; from task 
 ``keep_previous``), ``trainable_tasks [T]`` (bool: the task pairs whose weights train in
 this stage -- the tasks a ``scope = "per_task"`` loss covers),
 ``global_loc``/``global_scale``/``global_mean`` with the hierarchy, ``prev_global_mean``
-(the previous global adapter's loc on the same input, old classes only), ``prior_loc``/``prior_scale`` with ``prior = "data"`` (the task pairs
-applied to the mean input of a random ``context_size`` share of the batch items whose label
+(the previous global adapter's loc on the same input, old classes only),
+``prior_loc``/``prior_scale`` with ``prior = "data"`` (the task pairs applied to the mean input of a random ``context_size`` share of the batch items whose label
 belongs to the current task -- with ``per_batch`` VGA every item has the same input).
 """
 
