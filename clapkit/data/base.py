@@ -5,6 +5,10 @@ A dataset plugin's factory returns a :class:`DatasetSource`. The core wraps a sp
 
     {"id": str, "label": int, "index": int, "streams": {stream: Tensor[T,3,H,W]}}
 
+(and, for items that carry text, ``"texts"``: the item's captions and ``"group"``: the id
+of what they describe -- positives of image-text objectives are "same group", not "same
+row"; both collate to lists: see :func:`collate_items`).
+
 A still image is a clip with T=1 and one stream (``"image"``). Batches collate to
 ``{"id": list[str], "label": Tensor[B], "index": Tensor[B], "streams": {s: Tensor[B,T,3,H,W]}}``;
 the feature cache serves the same batches with ``"features": {s: Tensor[B,T,D]}`` instead of
@@ -36,6 +40,9 @@ class ItemRef:
     ``id`` is stable and unique within the split (the relative path without extension); it is
     the key of the feature cache. ``boxes`` maps a stream to its crop box(es): one
     ``(x1, y1, x2, y2)`` for the clip, or a per-frame dict; absent = fallback crop.
+    ``texts``: captions of the item (listed with the items, as face boxes are; the feature
+    cache does not hold them, so captions can change without a rebuild); ``group``: the id
+    of the image they describe (default: the item's ``id``).
     """
 
     id: str
@@ -43,6 +50,42 @@ class ItemRef:
     path: str
     num_frames: int | None = None
     boxes: dict[str, Any] = attrs.field(factory=dict, eq=False, hash=False)
+    texts: tuple[str, ...] = attrs.field(default=(), converter=tuple, eq=False, hash=False)
+    group: str | None = attrs.field(default=None, eq=False, hash=False)
+
+
+#: item keys that collate to plain lists (ragged: a caption count per item)
+LIST_KEYS = ("texts", "group")
+
+
+def collate_items(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """``default_collate`` of the tensors and scalars; :data:`LIST_KEYS` stay lists."""
+    lists = {k: [it.pop(k) for it in items] for k in LIST_KEYS if items and k in items[0]}
+    out = torch.utils.data.default_collate(items)
+    out.update(lists)
+    return out
+
+
+class WithTexts(torch.utils.data.Dataset):
+    """Items of ``dataset`` (pixels or cached features) with their refs' ``texts`` and
+    ``group`` added by ``index``: one place serves text to both paths."""
+
+    def __init__(self, dataset: Any, refs: Sequence[ItemRef]) -> None:
+        self.dataset, self.refs = dataset, list(refs)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = self.dataset[index]
+        ref = self.refs[int(item["index"])]
+        item["texts"] = list(ref.texts)
+        item["group"] = ref.group if ref.group is not None else ref.id
+        return item
 
 
 class DatasetSource(ABC):

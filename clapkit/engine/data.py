@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ..data.base import ClipDataset, DatasetSource
+from ..data.base import ClipDataset, DatasetSource, WithTexts, collate_items
 from ..errors import RecipeError
 from ..interfaces import Backbone
 from ..recipe import Recipe
@@ -71,11 +71,14 @@ class RunData:
         key = (split, train, cached)
         if key not in self._datasets:
             if cached:
-                self._datasets[key] = self._cached(split, train)
+                ds = self._cached(split, train)
             else:
-                self._datasets[key] = ClipDataset(self.source, split,
-                                                  self.backbone.transform(train), train,
-                                                  seed=self.seed)
+                ds = ClipDataset(self.source, split, self.backbone.transform(train), train,
+                                 seed=self.seed)
+            refs = self.source.refs(split)
+            if any(r.texts for r in refs):        # items that carry captions
+                ds = WithTexts(ds, refs)
+            self._datasets[key] = ds
         return self._datasets[key]
 
     def _cached(self, split: str, train: bool) -> Any:
@@ -109,7 +112,7 @@ class RunData:
         return torch.utils.data.DataLoader(
             dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
             drop_last=drop_last, pin_memory=self.device.type == "cuda",
-            persistent_workers=False)
+            persistent_workers=False, collate_fn=collate_items)
 
     def sampler_kind(self, stage_sampler: str | None) -> str:
         """A stage's sampler; "auto" (or none) follows ``data.weighted_sampler``."""

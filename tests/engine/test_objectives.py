@@ -58,3 +58,24 @@ def test_last_selects_nothing(tmp_path, host):
     run_recipe(path, overrides=[*es.base_overrides(tmp_path), 'run.select="last"'],
                out_dir=tmp_path / "o", host=host)
     assert not (tmp_path / "o" / "checkpoints" / "best.pt").exists()
+
+
+CAPTIONS = NO_HEAD.replace('plugin = "t_colors"', 'plugin = "t_captioned"') \
+    .replace('[losses.align]\nplugin = "t_align"', '[losses.caption]\nplugin = "t_caption_align"') \
+    .replace('select = "valid/text_r1"', 'select = "last"')
+
+
+@pytest.mark.parametrize("cache", ["off", "on"])
+def test_items_carry_their_captions_to_the_losses_on_both_paths(tmp_path, host, cache):
+    import objective_standins as ob
+    ob.SEEN.clear()
+    text = CAPTIONS.replace('train = ["prompts.*"]', 'train = ["adapters.*"]', 1)
+    path = es.write_recipe(tmp_path, text)
+    run_recipe(path, overrides=[*es.base_overrides(tmp_path), f'cache.enabled="{cache}"'],
+               out_dir=tmp_path / "o", host=host)
+    assert ob.SEEN, "the caption loss never ran"
+    for cached, texts, groups in ob.SEEN:
+        assert cached == (cache == "on")
+        assert len(texts) == len(groups) and all(len(t) == 2 for t in texts)
+        assert all(t[0].startswith("a ") and t[0].endswith(" square") for t in texts)
+        assert all(g.startswith("img:train/") for g in groups)
