@@ -14,9 +14,14 @@ tokenizer) is ignored. With ``smoothing = 0`` this is the caption term of open_c
 
 from __future__ import annotations
 
+import attrs
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from clapkit import hookimpl
+from clapkit.errors import ClapkitError
+from clapkit.interfaces import BuildContext, Loss
 
 from ._grounded_text import GroundedTextTransformer
 
@@ -68,3 +73,117 @@ class CaptionLmObjective(nn.Module):
         hidden = self.decoder.decode(states, pad, image)[real]             # [N,W]
         return F.cross_entropy(self.lm_head(hidden).float(), labels[real],
                                label_smoothing=self.smoothing)
+
+
+# --- the loss plugin -------------------------------------------------------------------------
+
+_v = attrs.validators
+DECODERS = ("auto", "coca", "grounded")
+
+
+@attrs.frozen
+class CaptionLmConfig:
+    """``smoothing``: label smoothing (BLIP 0.1); ``decoder``: "coca" (the backbone's own
+    caption decoder, CoCa), "grounded" (this family's image-grounded decoder) or "auto"
+    (coca where the backbone has one); ``share_with``: the recipe name of an ``itm`` loss
+    whose grounded transformer this decoder shares (all but self-attention, BLIP; "" = its
+    own); ``layers``/``heads``/``image_tokens``: of its own decoder (as ``itm``);
+    ``vocab_size``: the tokenizer's vocabulary (open_clip's BPE: 49408); ``pad_id``: the
+    padding token (open_clip: 0); ``caption_template``: the caption of an item without
+    captions."""
+
+    smoothing: float = attrs.field(default=0.1, validator=[_v.ge(0.0), _v.lt(1.0)])
+    decoder: str = attrs.field(default="auto", validator=_v.in_(DECODERS))
+    share_with: str = ""
+    layers: int = attrs.field(default=2, validator=_v.ge(1))
+    heads: int = attrs.field(default=0, validator=_v.ge(0))
+    image_tokens: str = attrs.field(default="features",
+                                    validator=_v.in_(("features", "patches")))
+    vocab_size: int = attrs.field(default=49408, validator=_v.ge(2))
+    pad_id: int = 0
+    caption_template: str = "a photo of a {}."
+
+
+class CaptionLmLoss(Loss):
+    """Next-token CE of one caption per item, grounded on the item's image."""
+
+    needs = ("z", "features")
+
+    def __init__(self, cfg: CaptionLmConfig, backbone: nn.Module, class_names: list[str],
+                 seed: int = 0) -> None:
+        super().__init__()
+        backbone.require("text_tokens", who="caption_lm (token states of the captions)")
+        self.cfg, self.class_names = cfg, list(class_names)
+        self._backbone = (backbone,)
+        has_coca = "text_decoder" in getattr(backbone, "capabilities", ())
+        self.kind = ("coca" if has_coca else "grounded") if cfg.decoder == "auto" \
+            else cfg.decoder
+        if self.kind == "coca":
+            backbone.require("text_decoder", who="caption_lm decoder = 'coca'")
+        self._shared: tuple[GroundedTextTransformer, ...] = ()
+        self.image_source = cfg.image_tokens
+        self.decoder: GroundedTextTransformer | None = None
+        self.lm_head: nn.Linear | None = None
+        if self.kind == "grounded":
+            width = int(backbone.text_token_width)
+            if not cfg.share_with:
+                from .itm import _heads, image_width
+                self.decoder = GroundedTextTransformer(
+                    width, cfg.layers, _heads(width, cfg.heads),
+                    image_width(backbone, cfg.image_tokens), False, seed)
+            self.lm_head = nn.Linear(width, cfg.vocab_size)
+
+    def bind(self, pipeline: nn.Module) -> None:
+        """``share_with``: borrow that ``itm`` loss's grounded transformer (a reference: its
+        parameters stay under ``losses.<share_with>``)."""
+        if self.kind != "grounded" or not self.cfg.share_with:
+            return
+        losses = getattr(pipeline, "losses", {})
+        other = losses[self.cfg.share_with] if self.cfg.share_with in losses else None
+        encoder = getattr(other, "encoder", None)
+        if not isinstance(encoder, GroundedTextTransformer):
+            raise ClapkitError(f"caption_lm: share_with = '{self.cfg.share_with}' names no "
+                               f"itm loss of this recipe (losses: {', '.join(losses)})")
+        self._shared = (encoder,)
+        self.image_source = other.cfg.image_tokens
+
+    def _decoder(self) -> GroundedTextTransformer:
+        if self.decoder is not None:
+            return self.decoder
+        if not self._shared:
+            raise ClapkitError("caption_lm shares its decoder but was never bound to the "
+                               "pipeline")
+        return self._shared[0]
+
+    def next_token_logits(self, states, mask, images) -> torch.Tensor:
+        """``[B,L,V]`` logits from text token states ``[B,L,W]`` (position t -> token t+1)."""
+        if self.kind == "coca":
+            return self._backbone[0].decode_text(images, states)
+        return self.lm_head(self._decoder().decode(states, ~mask, images))
+
+    def forward(self, outputs, batch) -> torch.Tensor:
+        from ._image_text_batch import image_tokens, step_captions, text_encoding
+
+        bb = self._backbone[0]
+        captions, _ = step_captions(batch, self.class_names, self.cfg.caption_template,
+                                    self.training)
+        tokens, states = text_encoding(batch, bb, captions, True)
+        source = "patches" if self.kind == "coca" else self.image_source
+        images = image_tokens(batch, outputs, bb, source)
+        tokens = tokens.to(images.device)
+        w, mask = states.tokens.to(images.device), states.mask.to(images.device)
+        logits = self.next_token_logits(w[:, :-1], mask[:, :-1], images)
+        return caption_lm_loss(logits, tokens[:, 1:w.shape[1]], self.cfg.pad_id,
+                               self.cfg.smoothing)
+
+
+def build(cfg: CaptionLmConfig, ctx: BuildContext) -> CaptionLmLoss:
+    """BLIP's captioning LM (image-grounded causal decoder, label smoothing 0.1)."""
+    if ctx.backbone is None:
+        raise ClapkitError("caption_lm needs the backbone (its text tower reads the captions)")
+    return CaptionLmLoss(cfg, ctx.backbone, ctx.class_names, ctx.seed)
+
+
+@hookimpl
+def clapkit_register(registrar):
+    registrar.add("loss", "caption_lm", build, config=CaptionLmConfig)

@@ -31,9 +31,14 @@ import copy
 import hashlib
 from collections.abc import Hashable, Sequence
 
+import attrs
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from clapkit import hookimpl
+from clapkit.errors import ClapkitError
+from clapkit.interfaces import BuildContext, Loss
 
 from .moco_rank import gather_all, params_to_buffers
 
@@ -228,3 +233,113 @@ class ItcObjective(nn.Module):
         if self.training and torch.is_grad_enabled():
             self.enqueue(kv, kt, ids)
         return loss
+
+
+# --- the loss plugin -------------------------------------------------------------------------
+
+_v = attrs.validators
+
+
+@attrs.frozen
+class ItcConfig:
+    """``momentum_model``: BLIP's EMA copy of the backbone and visual adapters encodes the
+    batch again; ``momentum``: its m (0.995); ``queue_size``: momentum features kept as extra
+    keys (0 = none; BLIP pretraining 57600); ``alpha``: soft-target weight (BLIP 0.4; needs
+    the momentum model); ``alpha_ramp_steps``: training steps over which alpha ramps up from
+    0 (BLIP: one epoch; 0 = no ramp); ``gather``: contrast over every DDP rank's batch;
+    ``caption_template``: the caption of an item without captions (its class name)."""
+
+    momentum_model: bool = False
+    momentum: float = attrs.field(default=0.995, validator=[_v.ge(0.0), _v.le(1.0)])
+    queue_size: int = attrs.field(default=0, validator=_v.ge(0))
+    alpha: float = attrs.field(default=0.0, validator=[_v.ge(0.0), _v.le(1.0)])
+    alpha_ramp_steps: int = attrs.field(default=0, validator=_v.ge(0))
+    gather: bool = True
+    caption_template: str = "a photo of a {}."
+
+    def __attrs_post_init__(self) -> None:
+        if self.alpha and not self.momentum_model:
+            raise ValueError("alpha > 0 (soft targets) needs momentum_model = true: the soft "
+                             "targets are the momentum model's similarities")
+
+
+class ItcLoss(Loss):
+    """ITC between the step's image features ``z`` and one caption per item."""
+
+    needs = ("z",)
+
+    def __init__(self, cfg: ItcConfig, backbone: nn.Module, class_names: list[str],
+                 seed: int = 0) -> None:
+        super().__init__()
+        self.cfg, self.class_names = cfg, list(class_names)
+        self._backbone = (backbone,)            # a reference, not a submodule
+        self.objective = ItcObjective(backbone.embed_dim, cfg.queue_size, seed, cfg.gather)
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        self.momentum_backbone: MomentumCopy | None = None
+        self.momentum_visual: MomentumCopy | None = None
+
+    def bind(self, pipeline: nn.Module) -> None:
+        """The momentum model: EMA copies of the backbone and of the visual adapters."""
+        if not self.cfg.momentum_model:
+            return
+        self.momentum_backbone = MomentumCopy(self._backbone[0], self.cfg.momentum)
+        getter = getattr(pipeline, "visual_encoder_modules", None)
+        if callable(getter):
+            self.momentum_visual = MomentumCopy(getter(), self.cfg.momentum)
+
+    def current_alpha(self) -> float:
+        ramp = self.cfg.alpha_ramp_steps
+        return self.cfg.alpha * (min(1.0, int(self.steps) / ramp) if ramp else 1.0)
+
+    @torch.no_grad()
+    def _momentum_features(self, outputs, batch, tokens) -> tuple[torch.Tensor, torch.Tensor]:
+        mb = self.momentum_backbone.model
+        streams = batch.get("streams")
+        if streams:
+            feats = {s: mb.encode_image(x.flatten(0, 1)).view(x.shape[0], x.shape[1], -1)
+                     for s, x in streams.items()}
+        else:                                   # cached features: the encoder is frozen
+            feats = {s: f.detach() for s, f in outputs["features"].items()}
+        if self.momentum_visual is not None:
+            self.momentum_visual.model.eval()
+            z = self.momentum_visual.model(feats)
+        else:
+            z = torch.stack([f.mean(1) for f in feats.values()]).mean(0)
+        return z, mb.encode_text(tokens)
+
+    def forward(self, outputs, batch) -> torch.Tensor:
+        from ._image_text_batch import pooled_text, step_captions
+
+        bb = self._backbone[0]
+        captions, ids = step_captions(batch, self.class_names, self.cfg.caption_template,
+                                      self.training)
+        tokens, text = pooled_text(batch, bb, captions)
+        image = outputs["z"]
+        learning = self.training and torch.is_grad_enabled()
+        image_m = text_m = None
+        if self.momentum_backbone is not None:
+            if learning:
+                self.momentum_backbone.update()
+                if self.momentum_visual is not None:
+                    self.momentum_visual.update()
+            image_m, text_m = self._momentum_features(outputs, batch, tokens)
+        alpha = self.current_alpha() if image_m is not None else 0.0
+        loss = self.objective(image, text.to(image.device), ids.to(image.device),
+                              bb.logit_scale, image_m, text_m, alpha)
+        if learning:
+            self.steps += 1
+        return loss
+
+
+def build(cfg: ItcConfig, ctx: BuildContext) -> ItcLoss:
+    """Image-text contrastive loss (CLIP InfoNCE; BLIP momentum model, queue, soft targets)."""
+    if ctx.backbone is None:
+        raise ClapkitError("itc needs the backbone (its text tower encodes the captions)")
+    return ItcLoss(cfg, ctx.backbone, ctx.class_names, ctx.seed)
+
+
+@hookimpl
+def clapkit_register(registrar):
+    registrar.add("loss", "itc", build, config=ItcConfig,
+                  test_options=lambda ctx: {"momentum_model": True, "queue_size": 8,
+                                            "alpha": 0.4, "alpha_ramp_steps": 2})

@@ -21,9 +21,14 @@ benchmark and as the test's reference distribution.
 
 from __future__ import annotations
 
+import attrs
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from clapkit import hookimpl
+from clapkit.errors import ClapkitError
+from clapkit.interfaces import BuildContext, Loss
 
 from ._grounded_text import GroundedTextTransformer
 
@@ -102,3 +107,91 @@ class ItmObjective(nn.Module):
         mask = pad_mask[ti] if pad_mask is not None else None
         logits = self.match_logits(text[ti], mask, image[ii])
         return F.cross_entropy(logits.float(), labels)
+
+
+# --- the loss plugin -------------------------------------------------------------------------
+
+_v = attrs.validators
+
+
+def _heads(width: int, heads: int) -> int:
+    return heads or max(1, width // 64)
+
+
+@attrs.frozen
+class ItmConfig:
+    """``layers``/``heads`` of the image-grounded text encoder on top of the text tower
+    (heads 0 = width / 64); ``share_self_attention``: one self-attention for encoder and
+    decoder (BLIP keeps them apart); ``image_tokens``: what the cross-attention reads,
+    "features" (the pooled per-stream, per-frame features: works with the feature cache) or
+    "patches" (the vision tower's token output, BLIP; needs pixels); ``caption_template``:
+    the caption of an item without captions."""
+
+    layers: int = attrs.field(default=2, validator=_v.ge(1))
+    heads: int = attrs.field(default=0, validator=_v.ge(0))
+    share_self_attention: bool = False
+    image_tokens: str = attrs.field(default="features",
+                                    validator=_v.in_(("features", "patches")))
+    caption_template: str = "a photo of a {}."
+
+
+def image_width(backbone: nn.Module, source: str) -> int:
+    if source == "patches":
+        backbone.require("image_tokens", who="image_tokens = 'patches'")
+        return int(backbone.image_token_width)
+    return int(backbone.embed_dim)
+
+
+class ItmLoss(Loss):
+    """Image-text matching with hard negatives (see the module docstring)."""
+
+    needs = ("z", "features")
+
+    def __init__(self, cfg: ItmConfig, backbone: nn.Module, class_names: list[str],
+                 seed: int = 0) -> None:
+        super().__init__()
+        backbone.require("text_tokens", who="itm (token states of the captions)")
+        self.cfg, self.class_names = cfg, list(class_names)
+        self._backbone = (backbone,)
+        width = int(backbone.text_token_width)
+        encoder = GroundedTextTransformer(width, cfg.layers, _heads(width, cfg.heads),
+                                          image_width(backbone, cfg.image_tokens),
+                                          cfg.share_self_attention, seed)
+        self.objective = ItmObjective(encoder)
+        self.seed = seed
+
+    @property
+    def encoder(self) -> GroundedTextTransformer:
+        return self.objective.encoder
+
+    def forward(self, outputs, batch) -> torch.Tensor:
+        from ._image_text_batch import image_tokens, step_captions, text_encoding
+
+        bb = self._backbone[0]
+        captions, ids = step_captions(batch, self.class_names, self.cfg.caption_template,
+                                      self.training)
+        _, states = text_encoding(batch, bb, captions, True)
+        images = image_tokens(batch, outputs, bb, self.cfg.image_tokens)
+        z = outputs["z"]
+        with torch.no_grad():
+            sim = bb.logit_scale * F.normalize(z.float(), dim=-1) @ F.normalize(
+                states.pooled.float().to(z.device), dim=-1).t()
+        # reproducible draws: one generator per step, seeded by the run seed, epoch and items
+        g = torch.Generator().manual_seed(hash((self.seed, int(batch.get("epoch", 0)),
+                                                tuple(batch["index"].tolist())
+                                                if "index" in batch else ())) % (2 ** 62))
+        w = states.tokens.to(images.device)
+        return self.objective(w, ~states.mask.to(images.device), images, sim.cpu(),
+                              ids.cpu(), g)
+
+
+def build(cfg: ItmConfig, ctx: BuildContext) -> ItmLoss:
+    """BLIP's image-text matching: grounded [Encode] head, hard negatives from ITC."""
+    if ctx.backbone is None:
+        raise ClapkitError("itm needs the backbone (its towers encode captions and images)")
+    return ItmLoss(cfg, ctx.backbone, ctx.class_names, ctx.seed)
+
+
+@hookimpl
+def clapkit_register(registrar):
+    registrar.add("loss", "itm", build, config=ItmConfig)
