@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from . import __version__
-from .errors import ClapkitError, NotBuiltYetError
+from .errors import ClapkitError
 from .plugins import PluginHost, default_host
 from .registry import KINDS
 
@@ -142,15 +142,7 @@ def run_cmd(file: Path, overrides: tuple[str, ...], out_dir: Path | None, resume
     with --resume, replace it with --overwrite)."""
     if threads is not None:          # after the --set overrides: the option wins
         overrides = (*overrides, f"run.threads={threads}")
-    try:
-        runner = importlib.import_module("clapkit.engine.runner")
-    except ModuleNotFoundError as exc:
-        if exc.name != "clapkit.engine.runner":
-            raise
-        from .recipe import load_recipe
-        recipe = load_recipe(file, host(), overrides)
-        raise NotBuiltYetError(f"{file}: recipe is valid ({len(recipe.components())} "
-                               "components) but the training engine is not built yet") from None
+    from .engine import runner
     runner.run_recipe(file, overrides=overrides, out_dir=out_dir, resume=resume,
                       overwrite=overwrite, host=host())
 

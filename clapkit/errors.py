@@ -60,10 +60,6 @@ class DuplicateComponentError(ClapkitError):
     """Two providers registered the same (kind, name)."""
 
 
-class NotBuiltYetError(ClapkitError):
-    """A recipe asks for something this version of clapkit cannot do yet."""
-
-
 def suggest(word: str | None, options: Iterable[str]) -> str | None:
     """Closest option to ``word`` (difflib ratio >= 0.6), or None."""
     if word is None:

@@ -46,7 +46,6 @@ class BuildContext:
     work_dir: Path = Path(".")
     device: torch.device = torch.device("cpu")
     seed: int = 0
-    extras: dict[str, Any] = attrs.field(factory=dict)
 
     @property
     def embed_dim(self) -> int:

@@ -284,17 +284,6 @@ def _published(section: str, comp: nn.Module, aux: dict[str, torch.Tensor]
     return {f"{section}.{k}": v for k, v in aux.items()}
 
 
-def output(outputs: dict[str, Any], name: str) -> Any:
-    """One step output by its declared name (``logits``, ``views.soft``,
-    ``aux.variational.kl``, ``distributions.variational``)."""
-    head, _, rest = name.partition(".")
-    if not rest:
-        return outputs[head]
-    if head == "aux":
-        return outputs["aux"][rest]
-    return outputs[head][rest]
-
-
 def visual_forward(adapters: nn.ModuleDict, places: dict[str, str], streams: tuple[str, ...],
                    features: dict[str, torch.Tensor], plugins: dict[str, str] | None = None
                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -351,15 +340,12 @@ class VisualPart(nn.Module):
 
 # --- assembly -------------------------------------------------------------------------------
 
-def build_pipeline(recipe: Recipe, ctx: BuildContext, backbone: Backbone | None = None
-                   ) -> Pipeline:
+def build_pipeline(recipe: Recipe, ctx: BuildContext, backbone: Backbone) -> Pipeline:
     """Build every component of ``recipe`` in assembly order and compose them.
 
     ``ctx`` must already hold the class names, streams and class->task map (from the data);
     ``backbone`` may be passed in when the caller built it already (cache, data transforms).
     """
-    if backbone is None:
-        backbone = build_component(recipe.backbone, ctx)
     ctx.backbone = backbone
     prompts = {n: build_component(s, ctx) for n, s in recipe.prompts.items()}
     encoders = [n for n, p in prompts.items() if p.changes_image_encoder]
