@@ -17,16 +17,15 @@ captions name); the file's top-level ``classes`` lists the 20 classes in the dem
 from __future__ import annotations
 
 import json
-import math
 import random
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from clapkit.data.demo import DemoMaker
 
-from .demo_incremental import FILLS, IMG, INCREMENTAL_CLASSES, _pattern
+from .demo_incremental import FILLS, IMG, INCREMENTAL_CLASSES, _pattern, shape_mask
 
 #: named foreground colours (RGB) the captions use
 COLOURS = {"red": (220, 30, 30), "green": (40, 170, 50), "blue": (40, 70, 220),
@@ -47,33 +46,6 @@ TEMPLATES = (
     "{colour} {fill} {shape}, {size}",
 )
 SPLITS = ("train", "val", "test")
-
-
-def shape_mask(shape: str, cx: float, cy: float, r: float, rot: float) -> np.ndarray:
-    """Boolean ``[IMG, IMG]`` mask of one shape centred at ``(cx, cy)`` with radius ``r``."""
-    m = Image.new("L", (IMG, IMG), 0)
-    d = ImageDraw.Draw(m)
-
-    def poly(k: int, radii: list[float], turn: float = 0.0) -> list[tuple[float, float]]:
-        a = [rot + turn + 2 * math.pi * i / k for i in range(k)]
-        return [(cx + radii[i % len(radii)] * math.sin(a[i]),
-                 cy - radii[i % len(radii)] * math.cos(a[i])) for i in range(k)]
-
-    if shape == "circle":
-        d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
-    elif shape == "square":
-        d.polygon(poly(4, [r * 1.2], math.pi / 4), fill=255)
-    elif shape == "triangle":
-        d.polygon(poly(3, [r * 1.15]), fill=255)
-    elif shape == "star":
-        d.polygon(poly(10, [r * 1.15, r * 0.45]), fill=255)
-    elif shape == "cross":
-        t = r * 0.38
-        d.rectangle([cx - r, cy - t, cx + r, cy + t], fill=255)
-        d.rectangle([cx - t, cy - r, cx + t, cy + r], fill=255)
-    else:
-        raise ValueError(f"unknown shape {shape!r}")
-    return np.asarray(m) > 127
 
 
 def _background(rng: random.Random, fg: tuple[int, int, int]) -> np.ndarray:

@@ -24,11 +24,16 @@ IMG = 32
 
 
 def _shape_mask(rng: random.Random, shape: str) -> np.ndarray:
-    m = Image.new("L", (IMG, IMG), 0)
-    d = ImageDraw.Draw(m)
+    """``shape`` at a random size, place and small rotation."""
     r = rng.uniform(9, 14)
     cx, cy = rng.uniform(r, IMG - r), rng.uniform(r, IMG - r)
-    rot = rng.uniform(-0.3, 0.3)
+    return shape_mask(shape, cx, cy, r, rng.uniform(-0.3, 0.3))
+
+
+def shape_mask(shape: str, cx: float, cy: float, r: float, rot: float) -> np.ndarray:
+    """Boolean ``[IMG, IMG]`` mask of one shape centred at ``(cx, cy)`` with radius ``r``."""
+    m = Image.new("L", (IMG, IMG), 0)
+    d = ImageDraw.Draw(m)
 
     def poly(k: int, radii: list[float], turn: float = 0.0) -> list[tuple[float, float]]:
         a = [rot + turn + 2 * math.pi * i / k for i in range(k)]
@@ -43,10 +48,12 @@ def _shape_mask(rng: random.Random, shape: str) -> np.ndarray:
         d.polygon(poly(3, [r * 1.15]), fill=255)
     elif shape == "star":
         d.polygon(poly(10, [r * 1.15, r * 0.45]), fill=255)
-    else:  # cross
+    elif shape == "cross":
         t = r * 0.38
         d.rectangle([cx - r, cy - t, cx + r, cy + t], fill=255)
         d.rectangle([cx - t, cy - r, cx + t, cy + r], fill=255)
+    else:
+        raise ValueError(f"unknown shape {shape!r}")
     return np.asarray(m) > 127
 
 
