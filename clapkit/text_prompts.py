@@ -204,3 +204,28 @@ def resolve_templates(templates: Sequence[str], template_set: str) -> list[str]:
     name = TEMPLATE_SETS.get(template_set)
     path = Path(__file__).with_name(name) if name else Path(template_set).expanduser()
     return read_template_file(path)
+
+
+def template_set_ok(inst: object, attribute: attrs.Attribute, value: str) -> None:
+    """:func:`check_template_set` as an attrs validator (``template_set`` fields)."""
+    check_template_set(value)
+
+
+class TemplateChoice:
+    """Mixin of attrs configs with a ``templates`` list and a ``template_set`` name (the
+    handcrafted prompt, the variational text init, LASP): the user gives one of the two, the
+    other stays at its default; :meth:`template_list` is the one in use."""
+
+    templates: list[str]
+    template_set: str
+
+    def __attrs_post_init__(self) -> None:
+        default = attrs.fields(type(self)).templates.default
+        if isinstance(default, attrs.Factory):    # type: ignore[arg-type]
+            default = default.factory()
+        if self.template_set and list(self.templates) != list(default):
+            raise ValueError("give templates or template_set, not both")
+
+    def template_list(self) -> list[str]:
+        """The ``template_set`` list (shipped name or file) when given, else ``templates``."""
+        return resolve_templates(self.templates, self.template_set)

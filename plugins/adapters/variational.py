@@ -55,8 +55,8 @@ from torch.distributions import Normal
 from clapkit import hookimpl
 from clapkit.errors import ClapkitError
 from clapkit.interfaces import Adapter, BuildContext, StepContext, TextAdapterOutput
-from clapkit.text_prompts import (check_template_set, check_templates, resolve_templates,
-                                  template_features)
+from clapkit.text_prompts import (TemplateChoice, check_templates, template_features,
+                                  template_set_ok)
 
 DEFAULT_TEMPLATES = ["a photo of a {}.", "a bad photo of a {}.", "a photo of the large {}.",
                      "a photo of the small {}.", "a rendering of a {}.", "itap of a {}."]
@@ -66,12 +66,9 @@ def _templates_ok(inst: object, attribute: attrs.Attribute, value: list[str]) ->
     check_templates(value)
 
 
-def _template_set_ok(inst: object, attribute: attrs.Attribute, value: str) -> None:
-    check_template_set(value)
-
 
 @attrs.frozen
-class VariationalConfig:
+class VariationalConfig(TemplateChoice):
     """``hierarchical``/``global_samples``: global adapter and its sample count;
     ``init``: "random" or "text" (template statistics of ``templates``, or of the shipped
     list ``template_set`` = "cifar18" | "imagenet80" | a file: the reference uses its
@@ -91,7 +88,7 @@ class VariationalConfig:
         default="random", validator=attrs.validators.in_(("random", "text")))
     templates: list[str] = attrs.field(factory=lambda: list(DEFAULT_TEMPLATES),
                                        validator=_templates_ok)
-    template_set: str = attrs.field(default="", validator=_template_set_ok)
+    template_set: str = attrs.field(default="", validator=template_set_ok)
     keep_previous: bool = True
     prior: Literal["standard", "data"] = attrs.field(
         default="standard", validator=attrs.validators.in_(("standard", "data")))
@@ -99,14 +96,6 @@ class VariationalConfig:
                                                                attrs.validators.le(1.0)])
     sigma_init: float | None = attrs.field(default=None, validator=attrs.validators.optional(
         attrs.validators.gt(0.001)))
-
-    def __attrs_post_init__(self) -> None:
-        if self.template_set and self.templates != DEFAULT_TEMPLATES:
-            raise ValueError("give templates or template_set, not both")
-
-    def template_list(self) -> list[str]:
-        """The templates of ``init = "text"``: ``template_set``'s list, else ``templates``."""
-        return resolve_templates(self.templates, self.template_set)
 
 
 def sigma_of(pre: torch.Tensor) -> torch.Tensor:

@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from clapkit import hookimpl
 from clapkit.errors import ClapkitError
 from clapkit.interfaces import BuildContext, Loss
-from clapkit.text_prompts import (check_template_set, check_templates, resolve_templates,
-                                  template_features)
+from clapkit.text_prompts import (TemplateChoice, check_templates, template_features,
+                                  template_set_ok)
 
 from ._variational_outputs import SCOPES, class_groups, need_aux
 
@@ -39,12 +39,9 @@ def _check_templates(inst, attr, value: list[str]) -> None:
     check_templates(value)
 
 
-def _check_template_set(inst, attr, value: str) -> None:
-    check_template_set(value)
-
 
 @attrs.frozen
-class LaspConfig:
+class LaspConfig(TemplateChoice):
     """``adapter``: the variational adapter; ``beta``: weight (reference 15);
     ``scope``: "per_task" | "current" | "seen"; ``templates`` of the language prior, or
     ``template_set`` (a shipped list name or a file) instead."""
@@ -55,15 +52,7 @@ class LaspConfig:
         default="per_task", validator=attrs.validators.in_(SCOPES))
     templates: list[str] = attrs.field(factory=lambda: list(DEFAULT_TEMPLATES),
                                        validator=_check_templates)
-    template_set: str = attrs.field(default="", validator=_check_template_set)
-
-    def __attrs_post_init__(self) -> None:
-        if self.template_set and self.templates != DEFAULT_TEMPLATES:
-            raise ValueError("give templates or template_set, not both")
-
-    def template_list(self) -> list[str]:
-        """``template_set``'s list when given, else ``templates``."""
-        return resolve_templates(self.templates, self.template_set)
+    template_set: str = attrs.field(default="", validator=template_set_ok)
 
 
 def lasp_value(prior: torch.Tensor, noise_mean: torch.Tensor) -> torch.Tensor:

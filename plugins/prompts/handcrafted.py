@@ -23,8 +23,8 @@ from clapkit import hookimpl
 from clapkit.errors import ClapkitError
 from clapkit.interfaces import (Backbone, BuildContext, ImageInputs, Prompt, PromptOutput,
                                 StepContext)
-from clapkit.text_prompts import (TEMPLATE_SETS, check_template_set, check_templates,
-                                  read_template_file, resolve_templates)
+from clapkit.text_prompts import (TEMPLATE_SETS, TemplateChoice, check_templates,
+                                  read_template_file, template_set_ok)
 
 __all__ = ["TEMPLATE_SETS", "read_template_file", "HandcraftedConfig", "HandcraftedPrompt",
            "build", "class_sentences", "encode_sentences"]
@@ -39,12 +39,9 @@ def _check_templates(inst: object, attribute: attrs.Attribute, value: list[str])
 DEFAULT_TEMPLATES = ["a photo of a {}."]
 
 
-def _check_template_set(inst: object, attribute: attrs.Attribute, value: str) -> None:
-    check_template_set(value)
-
 
 @attrs.frozen
-class HandcraftedConfig:
+class HandcraftedConfig(TemplateChoice):
     """``templates``: sentences with ``{}`` for the class name (several = an ensemble);
     ``descriptions``: per-class sentences, ``{ClassName = ["...", ...]}`` or a list aligned
     with the classes (a string or a list of strings per class); when given, every class needs
@@ -63,15 +60,7 @@ class HandcraftedConfig:
     names: dict[str, str] = attrs.field(factory=dict)
     renormalize: bool = True
     batch_size: int = attrs.field(default=256, validator=attrs.validators.gt(0))
-    template_set: str = attrs.field(default="", validator=_check_template_set)
-
-    def __attrs_post_init__(self) -> None:
-        if self.template_set and self.templates != DEFAULT_TEMPLATES:
-            raise ValueError("give templates or template_set, not both")
-
-    def template_list(self) -> list[str]:
-        """The templates in use: the ``template_set`` list when given, else ``templates``."""
-        return resolve_templates(self.templates, self.template_set)
+    template_set: str = attrs.field(default="", validator=template_set_ok)
 
 
 def class_sentences(cfg: HandcraftedConfig, class_names: Sequence[str]) -> list[list[str]]:
