@@ -6,6 +6,14 @@ The prompt of class c is ``[SOT] ctx_1..ctx_n name_c . [EOT]`` (``position = "en
 (``middle``). The context is shared by all classes or one per class (``class_specific``), and
 starts from the token embeddings of a phrase (``init``) or from N(0, 0.02^2).
 
+For ``front`` / ``middle`` the name spans the first ``k_c`` tokens after the placeholder
+context, ``k_c`` being the token count of the class text tokenised *alone* (the reference's
+``name_lens``). The placeholder prompt ``"X .. X <name>."`` is tokenised as one string, so a
+name ending in punctuation (``"jeep (car)"``) merges its last character with the full stop
+into one BPE token (``").``"); that merged token then counts as the name's last token and no
+separate full stop remains (``test_coop_punctuation.py`` compares this with the prompt string
+``"X X X X jeep (car)."`` tokenised by open_clip).
+
 Only the context is a parameter of this module. The backbone is held by reference outside the
 module tree (so its weights are neither registered twice nor unfrozen by a ``prompts.*`` stage
 glob); gradients still flow through its frozen text tower to the context. Every layout keeps
@@ -24,6 +32,7 @@ import torch
 from torch import nn
 
 from clapkit import hookimpl
+from clapkit.errors import ClapkitError
 from clapkit.interfaces import (Backbone, BuildContext, ImageInputs, PromptOutput,
                                 StepContext)
 from clapkit.text_prompts import (TemplatePrompt, context_init, placeholder_prefix, prompt_inputs,
@@ -47,16 +56,19 @@ class CoOpConfig:
     names: dict[str, str] = attrs.field(factory=dict)
 
 
-def layout_index(eot: torch.Tensor, n_ctx: int, length: int, position: str) -> torch.Tensor:
+def layout_index(eot: torch.Tensor, n_ctx: int, length: int, position: str,
+                 name_lens: torch.Tensor | None = None) -> torch.Tensor:
     """``[C,L]`` source positions for the prompt layout.
 
     The source of class c is ``cat(embedded_placeholder_prompt [L], ctx [n])``: position p < L
-    is that token of ``[SOT] X*n name . [EOT] pad``, position L + j is context vector j. The
-    name of class c has ``k_c = eot_c - n - 2`` tokens.
+    is that token of ``[SOT] X*n <name>. [EOT] pad``, position L + j is context vector j. The
+    name of class c is the ``k_c = name_lens[c]`` tokens after the context (default
+    ``eot_c - n - 2``: every token up to a separate full stop); the tokens after them (the
+    full stop, unless merged into the name's last token, and EOT) stay where they are.
     """
     c = eot.shape[0]
     p = torch.arange(length).expand(c, length)
-    k = (eot - n_ctx - 2).unsqueeze(1)
+    k = (eot - n_ctx - 2 if name_lens is None else name_lens).unsqueeze(1)
     ctx0 = length                                      # source position of context vector 0
     src = p.clone()                                    # SOT, ".", EOT, padding stay put
     if position == "end":
@@ -77,6 +89,22 @@ def layout_index(eot: torch.Tensor, n_ctx: int, length: int, position: str) -> t
     return src
 
 
+def name_lengths(backbone: Backbone, class_texts: Sequence[str], eot: torch.Tensor,
+                 n_ctx: int) -> torch.Tensor:
+    """``[C]`` token counts of the class texts tokenised alone (between SOT and EOT). An
+    error names a class whose name alone has more tokens than its place in the prompt (the
+    layout would move EOT)."""
+    with torch.no_grad():
+        alone = backbone.tokenize(list(class_texts)).cpu().argmax(dim=-1) - 1
+    room = eot - n_ctx - 1
+    bad = (alone > room).nonzero()
+    if len(bad):
+        i = int(bad[0])
+        raise ClapkitError(f"class name {class_texts[i]!r} has {int(alone[i])} tokens alone but "
+                           f"only {int(room[i])} in the prompt; use position = \"end\"")
+    return alone
+
+
 class CoOpPrompt(TemplatePrompt):
     """Text features ``[C,D]`` of learnable-context prompts (``refresh`` re-reads the class
     names' token embeddings when a stage trains the text tower)."""
@@ -95,8 +123,9 @@ class CoOpPrompt(TemplatePrompt):
         self.n_ctx, self.class_specific, self.position = n_ctx, cfg.class_specific, cfg.position
         self.ctx = nn.Parameter(ctx)
         self.use_template(tpl)
-        self.register_buffer("index", layout_index(eot, n_ctx, tokens.shape[1], cfg.position),
-                             persistent=False)
+        lens = None if cfg.position == "end" else name_lengths(backbone, class_texts, eot, n_ctx)
+        self.register_buffer("index", layout_index(eot, n_ctx, tokens.shape[1], cfg.position,
+                                                   lens), persistent=False)
 
     def prompt_embeddings(self) -> torch.Tensor:
         """``[C,L,W]`` token embeddings with the context in place."""
