@@ -9,6 +9,15 @@ outputs; from block ``depth`` on they pass through.
 Vision: coupled prompts. For every layer ``j < depth`` the vision prompt is
 ``Linear_j(text prompt j)`` (``text_width -> vision_width``, one projection per layer), appended
 after the patch tokens at the input and replaced before block j, stripped before pooling.
+``Linear_0`` has its own initialisation; the deeper ``Linear_1 .. Linear_{depth-1}`` start as
+copies of one freshly initialised layer (``deep_proj_init = "cloned"``, the reference's
+``_get_clones``; ``test_maple_init.py``) or each from its own draw (``"independent"``).
+
+Initialisation phrase: the first ``n_ctx`` tokens of ``ctx_init`` start the first-layer text
+prompt; ``n_ctx`` larger than the phrase's token count is an error. The reference code uses
+the phrase only for ``n_ctx <= 4`` and otherwise silently starts from random vectors and
+``"X"`` placeholders in place of the phrase: clapkit keeps the phrase whenever it has enough
+tokens, and ``ctx_init = ""`` is the reference's random start (docs/fidelity.md).
 
 Widths and depths come from the backbone (``text_width``, ``vision_width``, ``text_layers``,
 ``vision_layers``): any open_clip ViT CLIP works; ``depth`` larger than either tower is an
@@ -18,6 +27,9 @@ reading cached features.
 """
 
 from __future__ import annotations
+
+import copy
+from typing import Literal
 
 import attrs
 import torch
@@ -35,12 +47,16 @@ class MapleConfig:
     """``n_ctx``: learnable prompt tokens per layer (2); ``depth``: layers J that get prompts
     (9 in the paper, at most the depth of both towers); ``ctx_init``: phrase the first-layer
     text prompt starts from and that precedes the class name ("" = random, ``n_ctx``
-    placeholders); ``init_std``: std of the random prompts; ``names``: class name texts."""
+    placeholders); ``init_std``: std of the random prompts; ``deep_proj_init``: the deeper
+    layers' text->vision projections start as copies of one layer (``cloned``, as the
+    reference) or independently initialised (``independent``); ``names``: class name texts."""
 
     n_ctx: int = attrs.field(default=2, validator=attrs.validators.gt(0))
     depth: int = attrs.field(default=9, validator=attrs.validators.gt(0))
     ctx_init: str = "a photo of a"
     init_std: float = attrs.field(default=0.02, validator=attrs.validators.gt(0))
+    deep_proj_init: Literal["cloned", "independent"] = attrs.field(
+        default="cloned", validator=attrs.validators.in_(("cloned", "independent")))
     names: dict[str, str] = attrs.field(factory=dict)
 
 
@@ -50,6 +66,15 @@ def check_depth(depth: int, backbone: Backbone, model: str) -> None:
     if depth > limit:
         raise ClapkitError(f"depth = {depth} but {model} has {backbone.text_layers} text and "
                            f"{backbone.vision_layers} vision blocks; depth must be 1..{limit}")
+
+
+def deep_projections(wt: int, wv: int, count: int, init: str) -> list[nn.Linear]:
+    """``count`` projections ``Linear(wt, wv)`` for layers ``1 ..``: deep copies of one
+    initialised layer (``cloned``) or ``count`` independent initialisations."""
+    if init == "independent":
+        return [nn.Linear(wt, wv) for _ in range(count)]
+    single = nn.Linear(wt, wv)
+    return [copy.deepcopy(single) for _ in range(count)]
 
 
 class MaplePrompt(TemplatePrompt):
@@ -68,7 +93,9 @@ class MaplePrompt(TemplatePrompt):
             n_init, vectors = phrase_tokens(backbone, cfg.ctx_init)
             if n > n_init:
                 raise ClapkitError(f"n_ctx = {n} but ctx_init {cfg.ctx_init!r} has only "
-                                   f"{n_init} tokens; use n_ctx <= {n_init} or ctx_init = \"\"")
+                                   f"{n_init} tokens; use n_ctx <= {n_init}, or ctx_init = \"\" "
+                                   "for random prompts (what the reference code silently does "
+                                   "for n_ctx > 4)")
             prefix, n_prefix, first = cfg.ctx_init.strip(), n_init, vectors[:n].clone()
         else:
             prefix, n_prefix = placeholder_prefix(n), n
@@ -78,7 +105,8 @@ class MaplePrompt(TemplatePrompt):
         self.ctx = nn.Parameter(first)                                   # layer 0 [n,Wt]
         self.deep_text = nn.ParameterList(
             [nn.Parameter(torch.randn(n, wt) * cfg.init_std) for _ in range(cfg.depth - 1)])
-        self.proj = nn.ModuleList([nn.Linear(wt, wv) for _ in range(cfg.depth)])
+        self.proj = nn.ModuleList([nn.Linear(wt, wv), *deep_projections(
+            wt, wv, cfg.depth - 1, cfg.deep_proj_init)])
         self.use_template(tpl)
 
     def text_prompts(self) -> list[torch.Tensor]:
