@@ -189,3 +189,33 @@ def test_current_task_cross_entropy_equals_the_reference_task_training(model, ma
     bad = {"label": labels.clone().index_fill_(0, torch.tensor([0]), 1), "step": step}
     with pytest.raises(ClapkitError, match="current"):
         make("loss", "cross_entropy", ctx, classes="current")({"logits": ours}, bad)
+
+
+@pytest.mark.parametrize("style", ["attriclip", "cocoop"])
+def test_one_image_feature_for_selection_and_head_without_image_adapters(style, make):
+    """The references read one normalised image feature for the key selection (AttriCLIP) /
+    the meta-net (CoCoOp) and for the logits. clapkit's pipeline without image adapters gives
+    the prompt ``raw`` equal to the head's ``z``, so ``condition = "raw"`` and ``"z"`` are the
+    same model; with an adapter (the demos' feature_norm) ``condition = "z"`` is the one that
+    reads the head's feature."""
+    from torch import nn
+
+    from clapkit.pipeline import visual_forward
+    bb = backbone(MODELS[0])
+    f = torch.randn(B, 1, bb.embed_dim, generator=torch.Generator().manual_seed(9))
+    z, _ = visual_forward(nn.ModuleDict(), {}, ("image",), {"image": f})
+    image = ImageInputs(z=z, raw={s: x.mean(1) for s, x in {"image": f}.items()})
+    assert torch.equal(image.raw_mean, z)
+    ctx = context(MODELS[0])
+    opts = {"attriclip": {"bank_size": M, "prompt_length": L, "top_k": K},
+            "cocoop": {"n_ctx": 2, "init": ""}}[style]
+    torch.manual_seed(0)
+    a = make("prompt", style, ctx, condition="raw", **opts)
+    torch.manual_seed(0)
+    b = make("prompt", style, ctx, condition="z", **opts)
+    with torch.no_grad():
+        ta, tb = a(image).text, b(image).text
+        shifted = ImageInputs(z=z * 2 + 1, raw=image.raw)      # an adapter changed z
+        tc = b(shifted).text
+    assert torch.equal(ta, tb)
+    assert not torch.allclose(tb, tc)                           # "z" follows the head's feature
