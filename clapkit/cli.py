@@ -136,13 +136,26 @@ def recipe_show(file: Path, overrides: tuple[str, ...]) -> None:
 @click.option("--threads", type=click.IntRange(0, 1024), default=None, metavar="N",
               help="CPU threads torch uses for the run (sets run.threads; recipe default 1, "
                    "0 = torch's default of one per core). Figures depend on it.")
+@click.option("--seeds", default=None, metavar="LIST",
+              help="Run once per seed (e.g. 0,1,2 or 0-4) into OUT/seed-<s>, then write "
+                   "OUT/aggregate.json (mean, std, values of every summary figure).")
 def run_cmd(file: Path, overrides: tuple[str, ...], out_dir: Path | None, resume: bool,
-            overwrite: bool, threads: int | None) -> None:
+            overwrite: bool, threads: int | None, seeds: str | None) -> None:
     """Train and evaluate the recipe FILE (into a folder no other run holds: continue one
     with --resume, replace it with --overwrite)."""
     if threads is not None:          # after the --set overrides: the option wins
         overrides = (*overrides, f"run.threads={threads}")
     from .engine import runner
+    if seeds is not None:
+        from .aggregate import AGGREGATE_FILE, parse_seeds
+        from .results_table import format_aggregate
+        got = runner.run_seeds(file, parse_seeds(seeds), out_dir=out_dir, overrides=overrides,
+                               resume=resume, overwrite=overwrite, host=host())
+        root = Path(got["out_dir"])
+        click.echo(f"=== {len(got['runs'])} seeds ({root / AGGREGATE_FILE}) ===")
+        for line in format_aggregate(root):
+            click.echo(line)
+        return
     runner.run_recipe(file, overrides=overrides, out_dir=out_dir, resume=resume,
                       overwrite=overwrite, host=host())
 
@@ -227,13 +240,24 @@ def predict_cmd(run_dir: Path, inputs: tuple[Path, ...], checkpoint: str, top: i
 
 @cli.command("runs")
 @click.argument("folder", required=False, default="runs", type=click.Path(path_type=Path))
-def runs_cmd(folder: Path) -> None:
+@click.option("--format", "fmt", type=click.Choice(["markdown", "csv", "latex"]),
+              default=None, help="Print a results table instead (last, avg, forgetting, "
+              "BWT, backbone, memory; mean ± std over the seeds of `run --seeds`).")
+def runs_cmd(folder: Path, fmt: str | None) -> None:
     """One line per run folder under FOLDER (default runs/): recipe, status, epochs, best
-    valid UAR, test WAR/UAR (percent)."""
+    valid UAR, last accuracy, test WAR/UAR (percent); or, with --format, a results table."""
     from .runs import describe_run, find_runs, format_rows
     if not folder.is_dir():
         raise ClapkitError(f"{folder}: no such folder (clapkit run writes runs/<name> by "
                            "default)")
+    if fmt is not None:
+        from .results_table import collect_results, format_table
+        results = collect_results(folder)
+        if not results:
+            raise ClapkitError(f"{folder}: no finished run or seed aggregate to tabulate "
+                               "(a run writes summary.json when it ends)")
+        click.echo(format_table(results, fmt), nl=False)
+        return
     rows = [describe_run(r) for r in find_runs(folder)]
     if not rows:
         click.echo(f"no run folders under {folder} (a run folder holds recipe.toml)")

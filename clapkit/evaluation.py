@@ -109,7 +109,7 @@ def _step_config(prep: Prepared, desc: str) -> Any:
                       seen=sc.seen(prep.task) if sc.incremental else None,
                       amp=amp_policy(r.run.use_amp, r.run.amp_dtype, prep.device),
                       progress=r.run.progress, desc=desc, task=prep.task,
-                      num_samples=r.run.num_samples)
+                      num_samples=r.run.num_samples, eval_seed=r.run.seed)
 
 
 def use_cache(prep: Prepared) -> bool:

@@ -87,3 +87,17 @@ def checked_class_counts(counts: Sequence[int] | None, num_classes: int,
     if (t < 0).any():
         raise ClapkitError(f"{who}: class counts must be >= 0, got {list(counts)}")
     return t.clamp_min(1.0)
+
+
+def step_randn(shape: Sequence[int], like: torch.Tensor, step: Any = None) -> torch.Tensor:
+    """Standard-normal noise shaped ``shape`` (dtype and device of ``like``): from the
+    evaluation's seeded generator when ``step`` (a StepContext) carries one, else the global
+    RNG -- so Monte-Carlo evaluation gives the same figure for the same weights."""
+    gen = getattr(step, "generator", None)
+    if gen is None:
+        return torch.randn(tuple(shape), dtype=like.dtype, device=like.device)
+    if gen.device.type != like.device.type:
+        raise ClapkitError(f"evaluation noise generator is on {gen.device}, the tensor on "
+                           f"{like.device}")
+    out = torch.randn(tuple(shape), dtype=torch.float32, device=like.device, generator=gen)
+    return out.to(like.dtype)

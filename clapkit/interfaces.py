@@ -78,6 +78,11 @@ class StepContext:
     label: torch.Tensor | None = None           # [B] class-order labels (train only)
     queries: torch.Tensor | None = None         # [Q,D] extra query rows offered by an
     #   earlier text adapter in the chain (TextAdapterOutput.queries; row q = task q)
+    #: evaluation only: the Monte-Carlo noise source, seeded afresh at the start of every
+    #: evaluation (``run.seed``), so that one set of weights gives one figure in the run,
+    #: in ``clapkit eval`` and after a resume; draw eval-time noise with
+    #: :func:`clapkit.functional.step_randn`. None at train time (the run's seeded RNG).
+    generator: torch.Generator | None = None
 
     def seen(self, num_classes: int) -> int:
         return num_classes if self.seen_classes is None else int(self.seen_classes)
@@ -126,7 +131,7 @@ class Component(nn.Module):
     """Base of every module kind: the task lifecycle and the declared outputs.
 
     The trainer calls ``on_task_start`` before a task's first stage and ``on_task_end`` after
-    its memory update, on every component (prompts, adapters, router, head, losses).
+    its memory update and before the task-end evaluation, on every component (prompts, adapters, router, head, losses).
     *Growth happens only in* ``on_task_start`` (add a per-task parameter, freeze the old
     ones, snapshot the previous task for distillation): a resumed run replays
     ``on_task_start(0..t)`` before loading the checkpoint, so grown state loads strictly.
@@ -145,7 +150,8 @@ class Component(nn.Module):
         """Task ``task`` (0-based) begins; classes ``[0, seen_classes)`` are now known."""
 
     def on_task_end(self, task: int, view: TaskView) -> None:
-        """Task ``task`` ended (after its stages and the memory update)."""
+        """Task ``task`` ended (after its stages and the memory update; the task-end
+        evaluation and ``last.pt`` see what this learns)."""
 
 
 #: Capabilities a backbone may declare (``Backbone.capabilities``) beyond pooled features,

@@ -217,7 +217,10 @@ class AccuracyMatrix:
       measured from when the task was learned; Lopez-Paz & Ranzato 2017);
     * ``task_aware[t]`` (optional): task-aware accuracy on the seen classes after task t, the
       argmax restricted to the item's true task (:class:`TaskAwareMeter`);
-    * ``ece[t]`` (optional): expected calibration error on the seen classes after task t.
+    * ``ece[t]`` (optional): expected calibration error on the seen classes after task t;
+    * ``ood[t]`` (optional): the novel-class detection table after task t,
+      ``{score: {auroc, aupr, fpr95}}`` (empty after the last task: nothing is novel), whose
+      mean over the tasks that have one is the summary's ``ood/<score>/<metric>``.
 
     Serialises to plain lists for checkpoints and ``accuracy_matrix.json``.
     """
@@ -227,9 +230,11 @@ class AccuracyMatrix:
         self.acc_seen: list[float] = []
         self.task_aware: list[float] = []
         self.ece: list[float] = []
+        self.ood: list[dict[str, dict[str, float]]] = []
 
     def update(self, task: int, task_accs: Sequence[float], acc_seen: float, *,
-               task_aware: float | None = None, ece: float | None = None) -> None:
+               task_aware: float | None = None, ece: float | None = None,
+               ood: dict[str, dict[str, float]] | None = None) -> None:
         """Record evaluation after learning ``task``: ``task_accs[j]`` for j = 0..task."""
         if task != len(self.rows) and task != len(self.rows) - 1:
             raise ValueError(f"tasks must be recorded in order: have {len(self.rows)} rows, "
@@ -239,9 +244,11 @@ class AccuracyMatrix:
             raise ValueError(f"task {task} needs {task + 1} task accuracies, got {len(accs)}")
         values = (accs, float(acc_seen),
                   math.nan if task_aware is None else float(task_aware),
-                  math.nan if ece is None else float(ece))
+                  math.nan if ece is None else float(ece),
+                  {k: {m: float(v) for m, v in row.items()} for k, row in (ood or {}).items()})
         append = task == len(self.rows)
-        lists: tuple[list[Any], ...] = (self.rows, self.acc_seen, self.task_aware, self.ece)
+        lists: tuple[list[Any], ...] = (self.rows, self.acc_seen, self.task_aware, self.ece,
+                                        self.ood)
         for lst, v in zip(lists, values):
             if append:
                 lst.append(v)
@@ -300,11 +307,29 @@ class AccuracyMatrix:
         ece = torch.tensor(self.ece, dtype=torch.float64)
         if ece.numel() and not bool(ece.isnan().all()):
             out["last_ece"] = float(ece[-1])
+            out["avg_ece"] = float(ece[~ece.isnan()].mean())
+        out.update(self.ood_means())
+        return out
+
+    def ood_means(self) -> dict[str, float]:
+        """``ood/<score>/<metric>``: the mean over the tasks that have a detection table
+        (NaN entries skipped), and ``ood/tasks``, how many tasks that is."""
+        values: dict[str, list[float]] = {}
+        tables = [t for t in self.ood if t]
+        for table in tables:
+            for score, row in table.items():
+                for m, v in row.items():
+                    if not math.isnan(v):
+                        values.setdefault(f"ood/{score}/{m}", []).append(v)
+        out = {k: float(sum(v) / len(v)) for k, v in values.items()}
+        if tables:
+            out["ood/tasks"] = len(tables)
         return out
 
     def to_dict(self) -> dict[str, list]:
         return {"rows": [list(r) for r in self.rows], "acc_seen": list(self.acc_seen),
-                "task_aware": list(self.task_aware), "ece": list(self.ece)}
+                "task_aware": list(self.task_aware), "ece": list(self.ece),
+                "ood": [dict(t) for t in self.ood]}
 
     @classmethod
     def from_dict(cls, state: dict[str, Any]) -> AccuracyMatrix:
@@ -321,10 +346,15 @@ class AccuracyMatrix:
             return [None if v is None or (isinstance(v, float) and math.isnan(v)) else v
                     for v in vals]
 
-        for t, (row, seen, ta, ece) in enumerate(zip(state["rows"], state["acc_seen"],
-                                                     col("task_aware"), col("ece"),
-                                                     strict=True)):
-            out.update(t, row, seen, task_aware=ta, ece=ece)
+        oods = state.get("ood") or [{}] * n
+        if len(oods) != n:
+            raise ValueError(f"accuracy matrix state: {len(oods)} 'ood' entries for {n} rows")
+        for t, (row, seen, ta, ece, ood) in enumerate(zip(state["rows"], state["acc_seen"],
+                                                          col("task_aware"), col("ece"), oods,
+                                                          strict=True)):
+            out.update(t, row, seen, task_aware=ta, ece=ece,
+                       ood={k: {m: (math.nan if v is None else v) for m, v in r.items()}
+                            for k, r in (ood or {}).items()})
         return out
 
     def __eq__(self, other: object) -> bool:

@@ -36,6 +36,7 @@ class RunRow:
     status: str
     epochs: int | None
     best_valid_uar: float | None
+    last_acc: float | None              # class-incremental runs: end of the last task
     test_war: float | None
     test_uar: float | None
 
@@ -149,22 +150,26 @@ def describe_run(run: Path, now: float | None = None) -> RunRow:
     epochs, best, tw, tu = _from_jsonl(run / "metrics.jsonl")
     if summary is not None:
         epochs = int(summary.get("epochs", epochs) or epochs)
-        best = _num(summary.get("best/valid_uar")) if "best/valid_uar" in summary else best
+        # the summary is the truth: a run that selects nothing has no best figure
+        best = _num(summary.get("best/valid_uar"))
         for war_key, uar_key in (("best/test_war", "best/test_uar"),
                                  ("test/war", "test/uar"),
                                  ("final/test_war", "final/test_uar")):
             if uar_key in summary:
                 tw, tu = _num(summary.get(war_key)), _num(summary.get(uar_key))
                 break
+    last = _num(summary.get("last_acc")) if summary is not None else None
     return RunRow(folder=str(run), recipe=name, status=_status(run, summary, now),
                   epochs=epochs if (epochs or summary is not None) else None,
-                  best_valid_uar=best, test_war=tw, test_uar=tu)
+                  best_valid_uar=best, last_acc=last, test_war=tw, test_uar=tu)
 
 
 def format_rows(rows: list[RunRow]) -> list[str]:
-    header = ["run folder", "recipe", "status", "epochs", "best valid UAR", "test WAR/UAR"]
+    header = ["run folder", "recipe", "status", "epochs", "best valid UAR", "last acc",
+              "test WAR/UAR"]
     cells = [header] + [[r.folder, r.recipe, r.status,
                          "-" if r.epochs is None else str(r.epochs), pct(r.best_valid_uar),
+                         pct(r.last_acc),
                          "-" if r.test_uar is None else f"{pct(r.test_war)}/{pct(r.test_uar)}"]
                         for r in rows]
     widths = [max(len(c[i]) for c in cells) for i in range(len(header))]

@@ -123,7 +123,8 @@ class RunConfig:
     eval_every: int = attrs.field(default=1, validator=_positive)
     progress: bool = True
     #: the metric that selects a task's model (``best.pt``) among its evaluated epochs:
-    #: "auto" (valid UAR when the recipe classifies), "last" (no selection), or a metric
+    #: "auto" (valid UAR when a single-task recipe classifies; no selection in an
+    #: incremental run: the end-of-task model, as the papers), "last" (no selection), or a metric
     #: name an evaluation produces, e.g. "valid/war" or a plugin's "valid/i2t_r1"
     select: str = attrs.field(default="auto", validator=v.non_empty)
     #: torch's intra-op CPU threads for the run (``clapkit run --threads``); 0 = torch's own

@@ -1,5 +1,5 @@
 """Model selection within a task: the epoch with the best selection metric (``run.select``;
-by default the valid UAR).
+by default the valid UAR of a single-task run, none in an incremental run).
 
 Every ``best/*`` figure is that one epoch's (train and valid WAR/UAR side by side), never a
 maximum taken over different epochs: ``best/train_war`` is the train accuracy of the
@@ -20,11 +20,14 @@ NO_SELECTION, AUTO = "last", "auto"
 CLASSIFICATION_METRICS = ("valid/war", "valid/uar")
 
 
-def selection_metric(select: str, classifies: bool = True) -> str | None:
+def selection_metric(select: str, classifies: bool = True,
+                     incremental: bool = False) -> str | None:
     """The metric ``run.select`` names (None: no selection, the last epoch is the model).
-    ``"auto"``: the valid UAR when the run classifies, else no selection."""
+    ``"auto"``: the valid UAR when a single-task run classifies; no selection in an
+    incremental run (the continual-learning protocol reports the model at the end of each
+    task, and its valid split is usually the test split) or without a classifier."""
     if select == AUTO:
-        return CRITERION if classifies else None
+        return CRITERION if classifies and not incremental else None
     return None if select == NO_SELECTION else select
 
 

@@ -1,8 +1,9 @@
 """The components' task lifecycle as the trainer drives it (DESIGN.md section 4).
 
 Per task: ``on_task_start(task, seen_classes)`` on every component before the task's first
-stage (growth happens only there), then the stages, the memory update and the evaluation,
-then ``on_task_end(task, TaskView)`` with the task's training items encoded in eval mode.
+stage (growth happens only there), then the stages and the memory update, then
+``on_task_end(task, TaskView)`` with the task's training items encoded in eval mode, then the
+task-end evaluation (so it sees what ``on_task_end`` learnt).
 A resumed run replays ``on_task_start(0..t)`` before it loads the checkpoint.
 """
 

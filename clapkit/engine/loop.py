@@ -148,19 +148,30 @@ class StepConfig:
     progress: bool = False
     desc: str = ""
     where: str = ""                    # "task 0, stage 'prompts', epoch 1/3" for messages
+    eval_seed: int = 0                 # seeds each evaluation's noise (StepContext.generator)
 
 
 def step_context(cfg: StepConfig, epoch: int, label: torch.Tensor | None,
-                 training: bool) -> StepContext:
+                 training: bool, generator: torch.Generator | None = None) -> StepContext:
     """Where this batch is (``batch["step"]``): task, seen classes, epoch, samples; at train
-    time also the labels and the tasks present in the batch."""
+    time also the labels and the tasks present in the batch, at eval time the evaluation's
+    noise ``generator``."""
     toc = cfg.task_of_class.to(cfg.device)
     if training and label is not None:
         return StepContext(task=cfg.task, seen_classes=cfg.seen, epoch=epoch,
                            num_samples=cfg.num_samples, training=True, task_of_class=toc,
                            tasks_present=tasks_present(label, toc), label=label)
     return StepContext(task=cfg.task, seen_classes=cfg.seen, epoch=epoch,
-                       num_samples=cfg.num_samples, training=False, task_of_class=toc)
+                       num_samples=cfg.num_samples, training=False, task_of_class=toc,
+                       generator=generator)
+
+
+def eval_generator(cfg: StepConfig, info: DistInfo) -> torch.Generator:
+    """One evaluation's noise source: seeded from ``cfg.eval_seed`` (and the rank, so shards
+    do not share draws), independent of the global RNG, hence of what ran before."""
+    g = torch.Generator(device=cfg.device)
+    g.manual_seed(int(cfg.eval_seed) * 1_000_003 + info.rank)
+    return g
 
 
 def _bar(loader: Iterable, cfg: StepConfig, info: DistInfo) -> Any:
@@ -316,11 +327,12 @@ def evaluate(pipeline: nn.Module, loader: Iterable, cfg: StepConfig, info: DistI
     ``on_outputs(batch, outputs)`` sees every batch's (restricted) outputs."""
     pipeline.eval()
     meter = ClassificationMeter(cfg.num_classes, cfg.device)
+    generator = eval_generator(cfg, info)
     parts: dict[str, list[Any]] = {"index": [], "label": [], "z": [], "logits": [],
                                    "sample_logits": [], "sample_mask": [], "raw": []}
     for raw in _bar(loader, cfg, info):
         batch = to_device(raw, cfg.device, cfg.remap)
-        batch["step"] = step_context(cfg, 0, None, training=False)
+        batch["step"] = step_context(cfg, 0, None, training=False, generator=generator)
         with cfg.amp.autocast():
             outputs = restrict_logits(pipeline(batch), cfg.seen)
         logits = outputs["logits"].float() if outputs.get("logits") is not None else None

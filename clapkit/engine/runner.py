@@ -20,7 +20,7 @@ from .setup import resolve_device, resolve_out_dir, seed_everything
 from .trainer import Trainer
 
 __all__ = ["RESUME_FREE", "Trainer", "recipe_differences", "resolve_device",
-           "resolve_out_dir", "run_recipe", "seed_everything"]
+           "resolve_out_dir", "run_recipe", "run_seeds", "seed_everything"]
 
 
 def run_recipe(path: str | Path, *, overrides: list[str] | tuple[str, ...] = (),
@@ -46,3 +46,29 @@ def _writes_files() -> bool:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank() == 0
     return int(os.environ.get("RANK", "0")) == 0
+
+
+def run_seeds(path: str | Path, seeds: list[int], *, out_dir: str | Path | None = None,
+              overrides: list[str] | tuple[str, ...] = (), resume: bool = False,
+              overwrite: bool = False, host: PluginHost | None = None) -> dict[str, Any]:
+    """The recipe once per seed, into ``<out>/seed-<s>`` (``<out>``: ``out_dir``, else the
+    recipe's ``run.out_dir``), then ``<out>/aggregate.json``. With ``resume`` a seed whose
+    folder has its summary is taken as done and an interrupted one continues."""
+    from ..aggregate import seed_folder, write_aggregate
+    from ..engine.summary import read_summary
+    host = host or get_plugin_host()
+    recipe = load_recipe(path, host, overrides)
+    root = resolve_out_dir(recipe, out_dir)
+    summaries, folders = [], []
+    for seed in seeds:
+        folder = seed_folder(root, seed)
+        done = read_summary(folder) if resume else None
+        if done is None:
+            done = run_recipe(path, overrides=(*overrides, f"run.seed={seed}"),
+                              out_dir=folder, resume=resume and folder.exists(),
+                              overwrite=overwrite, host=host)
+        summaries.append(done)
+        folders.append(folder)
+    if _writes_files():
+        write_aggregate(root, seeds, folders, summaries, recipe.run.name)
+    return {"out_dir": str(root), "runs": [str(f) for f in folders], "summaries": summaries}

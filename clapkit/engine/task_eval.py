@@ -22,7 +22,7 @@ import torch
 
 from ..errors import ClapkitError
 from ..metrics import CalibrationMeter, ClassificationMeter, TaskAwareMeter, task_accuracy
-from ..ood import NoveltyMeter, flat_ood_metrics
+from ..ood import NoveltyMeter, flat_ood_metrics, parse_ood_metrics
 from .distributed import all_reduce_sum
 from .loop import evaluate
 
@@ -89,7 +89,6 @@ def evaluate_task(tr: Any, task: int) -> dict[str, Any]:
     all_reduce_sum(calib.bins, tr.info)
     conf = torch.as_tensor(va["confusion"])
     per_task = task_accuracy(conf, sc.task_of_class, sc.num_tasks)[: task + 1].tolist()
-    tr.acc.update(task, per_task, va["war"], task_aware=aware.accuracy(), ece=calib.compute())
     metrics: dict[str, Any] = {"acc_seen": va["war"], "valid/war": va["war"],
                                "valid/uar": va["uar"], "valid/confusion": va["confusion"],
                                "task_aware_acc": aware.accuracy(), "ece": calib.compute(),
@@ -101,6 +100,8 @@ def evaluate_task(tr: Any, task: int) -> dict[str, Any]:
                         "test/confusion": te["confusion"]})
     if task < sc.num_tasks - 1:
         metrics.update(novelty_detection(ev))
+    tr.acc.update(task, per_task, va["war"], task_aware=aware.accuracy(), ece=calib.compute(),
+                  ood=parse_ood_metrics(metrics))
     return plugin_metrics(tr, task, ev, metrics)
 
 

@@ -2,10 +2,10 @@
 
 Flow: seeds, device, process group -> dataset -> backbone -> scenario (class order, task
 splits) -> pipeline -> per task: ``on_task_start`` on every component, the stages that run
-before the memory update, the replay-memory update, the stages marked ``after_memory``, the
-task-end evaluation (accuracy-matrix row, novel-class detection, plugin evaluations),
-``on_task_end`` with the task's view, ``last.pt``. At the end the selected (best-valid)
-checkpoint gives the final figures. The pieces live in their own modules: stage_runner
+before the memory update, the replay-memory update, the stages marked ``after_memory``,
+``on_task_end`` with the task's view, the task-end evaluation (accuracy-matrix row,
+novel-class detection, plugin evaluations), ``last.pt``. At the end the selected checkpoint
+(``best.pt`` when ``run.select`` selects, else the last model) gives the final figures. The pieces live in their own modules: stage_runner
 (one stage), task_eval (evaluation after a task), memory, lifecycle, resume (checkpoints),
 best (model selection), summary.
 """
@@ -42,7 +42,7 @@ from .setup import (apply_threads, resolve_device, resolve_out_dir, restore_thre
 from .stage_runner import run_stage
 from .stages import expand_glob, glob_matches
 from .state import RunState
-from .summary import build_summary, final_metrics, write_summary
+from .summary import build_summary, final_metrics, write_accuracy_matrix, write_summary
 from .task_eval import evaluate_task
 
 log = logging.getLogger("clapkit.engine")
@@ -115,7 +115,8 @@ class Trainer:
         self.memory: list[int] = []
         self.task_memory: list[int] = []
         self.acc = AccuracyMatrix()
-        self.best = BestTracker(criterion=selection_metric(r.run.select, r.head is not None))
+        self.best = BestTracker(criterion=selection_metric(r.run.select, r.head is not None,
+                                                           self.scenario.incremental))
         self.last_task_metrics: dict[str, Any] = {}
         self.backbone_trained = False
         if st is not None:
@@ -177,11 +178,14 @@ class Trainer:
         if after:
             self._stages(task, after, pos if resumed_after else None, st)
             collected = None                   # the model moved since the memory update
+        # what components learn at the task's end (anchors, statistics) is in place before
+        # the task-end evaluation, and so in the last.pt that evaluation's figures belong to
+        lifecycle.end_task(self, task, collected, self.task_memory)
         metrics = evaluate_task(self, task)
         if r.memory.size > 0:
             metrics["memory_size"] = len(self.memory)
         self.last_task_metrics = metrics
-        lifecycle.end_task(self, task, collected, self.task_memory)
+        write_accuracy_matrix(self)
         self.events.fire("clapkit_task_end", task=task, metrics=metrics)
         resume.save_last(self, {"task": task, "stage": len(r.stages), "epoch": -1,
                                 "phase": "task_done"}, None, None, None)
@@ -248,7 +252,7 @@ class Trainer:
                           num_classes=self.scenario.num_classes, seen=self.seen(task),
                           task=task, num_samples=r.run.num_samples,
                           amp=self.amp, grad_clip=r.run.grad_clip, mixup_alpha=r.run.mixup_alpha,
-                          progress=r.run.progress, desc=desc, **kw)
+                          progress=r.run.progress, desc=desc, eval_seed=r.run.seed, **kw)
 
     def evaluate_split(self, split: str, task: int, cached: bool, what: str) -> dict[str, Any]:
         loader = self.data.eval_loader(split, self.eval_indices(split, task), cached=cached)

@@ -54,6 +54,7 @@ from torch.distributions import Normal
 
 from clapkit import hookimpl
 from clapkit.errors import ClapkitError
+from clapkit.functional import step_randn
 from clapkit.interfaces import Adapter, BuildContext, StepContext, TextAdapterOutput
 from clapkit.text_prompts import (TemplateChoice, check_templates, template_features,
                                   template_set_ok)
@@ -328,13 +329,13 @@ class Variational(Adapter):
             if self.prev_global_weight is not None and old_g:
                 aux["prev_global_mean"] = F.linear(x[..., :old_g, :], self.prev_global_weight,
                                                    self.prev_global_bias).detach()
-            x = x + Normal(mu_g, sig_g, validate_args=False).rsample(
-                (self.cfg.global_samples,))                                  # [G,B',n,D]
+            eps_g = step_randn((self.cfg.global_samples, *mu_g.shape), mu_g, step)
+            x = x + (mu_g + sig_g * eps_g)                                   # [G,B',n,D]
         mu, sigma = self.task_params(x, tasks)
         q = Normal(mu, sigma, validate_args=False)     # sigma >= 0.001 by construction
         # q.rsample written out (loc + scale * xi) so that the samples x + eps are one
         # fused op and the mean noise needs no [S,...] product.
-        xi = torch.randn((s, *mu.shape), dtype=mu.dtype, device=mu.device)  # [S,(G),B',n,D]
+        xi = step_randn((s, *mu.shape), mu, step)     # [S,(G),B',n,D]; seeded per evaluation
         per_class = alloc[tasks]                                            # [n]
         if bool((per_class == 0).any()):        # a task given no samples: scored at its mean
             xi = xi * (per_class > 0).to(xi.dtype)[:, None]

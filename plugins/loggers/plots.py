@@ -9,12 +9,8 @@
   the whole history, read back from ``metrics.jsonl`` (or the logger's own
   ``<subdir>/history.jsonl`` when the jsonl logger is off);
 * incremental runs only (more than one task), at task and run end: ``accuracy_matrix.png``,
-  the heatmap of R[t][j] built from the
-  ``acc_task/<j>`` entries of each task's metrics, and ``<out_dir>/accuracy_matrix.json``
-  (atomic): ``rows`` R[t][j], ``acc_seen``, ``task_aware`` and ``ece`` per task, the
-  derived ``summary`` (average incremental / last accuracy, forgetting, BWT, ...) and the
-  novel-class detection table of each task (``ood``: ``{task: {score: {auroc, aupr,
-  fpr95}}}``).
+  the heatmap of R[t][j] built from the ``acc_task/<j>`` entries of each task's metrics
+  (``accuracy_matrix.json`` is the engine's, written whatever loggers are on).
 """
 
 from __future__ import annotations
@@ -28,11 +24,9 @@ from typing import Any
 import attrs
 
 from clapkit import hookimpl
-from clapkit.atomic import atomic_write_json, json_safe
+from clapkit.atomic import json_safe
 from clapkit.validators import inside
 from clapkit.interfaces import BuildContext
-from clapkit.metrics import AccuracyMatrix
-from clapkit.ood import parse_ood_metrics
 from clapkit.plotting import plot_accuracy_matrix, plot_confusion, plot_learning_curves
 
 
@@ -68,9 +62,6 @@ class PlotsLogger:
         self.history: list[dict[str, Any]] = []
         self.best_uar: dict[int, float] = {}
         self.acc_rows: dict[int, list[float]] = {}
-        # per-task scalars for accuracy_matrix.json: acc_seen, task_aware_acc, ece
-        self.task_scalars: dict[int, dict[str, float]] = {}
-        self.ood: dict[int, dict[str, dict[str, float]]] = {}
 
     def _dir(self, run: Any) -> Path | None:
         if getattr(run, "rank", 0) != 0:
@@ -136,25 +127,6 @@ class PlotsLogger:
             return
         rows = [self.acc_rows.get(t, []) for t in range(max(self.acc_rows) + 1)]
         plot_accuracy_matrix(rows, out / "accuracy_matrix.png", dpi=self.cfg.dpi)
-        self._accuracy_json(run, rows)
-
-    def _accuracy_json(self, run: Any, rows: list[list[float]]) -> None:
-        """``<out_dir>/accuracy_matrix.json``; the derived summary only when every row up to
-        the last task is known (a resumed run may lack the early rows' scalars)."""
-        n = len(rows)
-        sc = [self.task_scalars.get(t, {}) for t in range(n)]
-        data: dict[str, Any] = {
-            "rows": rows, "acc_seen": [s.get("acc_seen", math.nan) for s in sc],
-            "task_aware": [s.get("task_aware_acc", math.nan) for s in sc],
-            "ece": [s.get("ece", math.nan) for s in sc],
-            "ood": {str(t): tab for t, tab in sorted(self.ood.items())}}
-        if all(len(r) == t + 1 for t, r in enumerate(rows)):
-            m = AccuracyMatrix()
-            for t, (row, s) in enumerate(zip(rows, sc)):
-                m.update(t, row, s.get("acc_seen", math.nan),
-                         task_aware=s.get("task_aware_acc"), ece=s.get("ece"))
-            data["summary"] = m.summary()
-        atomic_write_json(Path(run.out_dir) / "accuracy_matrix.json", data)
 
     @hookimpl
     def clapkit_run_start(self, run: Any) -> None:
@@ -211,11 +183,6 @@ class PlotsLogger:
             self.acc_rows = {t: [_float(v) for v in r] for t, r in enumerate(full)}
         elif per_task:
             self.acc_rows[task] = [v for _, v in per_task]
-        self.task_scalars[task] = {k: _float(metrics[k]) for k in
-                                   ("acc_seen", "task_aware_acc", "ece") if k in metrics}
-        table = parse_ood_metrics(metrics)
-        if table:
-            self.ood[task] = table
         conf = metrics.get("valid/confusion")
         if conf:
             suffix = f"_t{task}" if self._incremental(run) else ""

@@ -1,0 +1,157 @@
+"""``clapkit runs DIR --format markdown|csv|latex``: the results table a paper prints.
+
+One row per result under DIR: a seed aggregate (a folder with ``aggregate.json``, written by
+``clapkit run --seeds``) shows mean +- std over its seeds, and a single finished run (its
+``summary.json``) shows its figures. Columns: recipe, seeds, backbone, memory size, then
+last accuracy, average incremental accuracy, forgetting and BWT, in percent (one decimal).
+A run that is not class-incremental has no such figures: its cells read ``-``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from .aggregate import read_aggregate
+from .runs import find_runs
+
+FORMATS = ("markdown", "csv", "latex")
+#: (column title, summary key)
+FIGURES = (("last", "last_acc"), ("avg", "avg_incremental_acc"),
+           ("forgetting", "forgetting"), ("BWT", "bwt"))
+
+
+@attrs.frozen
+class ResultRow:
+    recipe: str
+    folder: str
+    seeds: int
+    backbone: str
+    memory: int | None
+    #: summary key -> (mean, std); std None for a single run
+    figures: dict[str, tuple[float, float | None]]
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _recipe_name(run: Path) -> str:
+    import tomllib
+    try:
+        return str(tomllib.loads((run / "recipe.toml").read_text(encoding="utf-8"))
+                   .get("run", {}).get("name", run.name))
+    except (OSError, ValueError):
+        return run.name
+
+
+def _num(v: Any) -> float | None:
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    return float(v) if ok else None
+
+
+def collect_results(root: Path) -> list[ResultRow]:
+    """Aggregates first (their seed folders are not listed again), then single runs."""
+    rows: list[ResultRow] = []
+    covered: set[Path] = set()
+    aggregates = sorted({p.parent for p in root.rglob("aggregate.json")})
+    for folder in aggregates:
+        agg = read_aggregate(folder)
+        if agg is None:
+            continue
+        covered.update(Path(r).resolve() for r in agg.get("runs", []))
+        figs = {}
+        for _, key in FIGURES:
+            entry = agg.get(key)
+            if isinstance(entry, dict) and _num(entry.get("mean")) is not None:
+                figs[key] = (float(entry["mean"]), _num(entry.get("std")))
+        rows.append(ResultRow(recipe=str(agg.get("recipe", folder.name)), folder=str(folder),
+                              seeds=int(agg.get("n", len(agg.get("seeds", [])))),
+                              backbone=str(agg.get("backbone") or "?"),
+                              memory=agg.get("memory_size"), figures=figs))
+    for run in find_runs(root):
+        if run.resolve() in covered:
+            continue
+        summary = _read(run / "summary.json")
+        if summary is None:
+            continue
+        figs = {key: (float(summary[key]), None) for _, key in FIGURES
+                if _num(summary.get(key)) is not None}
+        rows.append(ResultRow(recipe=_recipe_name(run), folder=str(run), seeds=1,
+                              backbone=str(summary.get("backbone") or "?"),
+                              memory=summary.get("memory_size"), figures=figs))
+    return rows
+
+
+def _cell(fig: tuple[float, float | None] | None, pm: str) -> str:
+    if fig is None:
+        return "-"
+    mean, std = fig
+    return f"{100 * mean:.1f}" if std is None else f"{100 * mean:.1f} {pm} {100 * std:.1f}"
+
+
+def _header() -> list[str]:
+    return ["recipe", "seeds", "backbone", "memory", *(t for t, _ in FIGURES)]
+
+
+def _cells(row: ResultRow, pm: str) -> list[str]:
+    return [row.recipe, str(row.seeds), row.backbone,
+            "-" if not row.memory else str(row.memory),
+            *(_cell(row.figures.get(k), pm) for _, k in FIGURES)]
+
+
+def format_table(rows: list[ResultRow], fmt: str) -> str:
+    """The table as text in ``fmt`` (one of :data:`FORMATS`)."""
+    if fmt == "markdown":
+        lines = ["| " + " | ".join(_header()) + " |",
+                 "|" + "|".join(["---"] * 4 + ["---:"] * len(FIGURES)) + "|"]
+        lines += ["| " + " | ".join(_cells(r, "±")) + " |" for r in rows]
+        lines.append("")
+        lines.append("Figures in percent; mean ± sample std over seeds where seeds > 1.")
+        return "\n".join(lines) + "\n"
+    if fmt == "latex":
+        def esc(t: str) -> str:
+            return t.replace("\\", r"\textbackslash{}").replace("_", r"\_").replace("%", r"\%")
+        lines = [r"\begin{tabular}{llll" + "r" * len(FIGURES) + "}", r"\toprule",
+                 " & ".join(esc(h) for h in _header()) + r" \\", r"\midrule"]
+        lines += [" & ".join(esc(c) if i < 4 else c.replace("±", r"$\pm$")
+                             for i, c in enumerate(_cells(r, "±"))) + r" \\" for r in rows]
+        lines += [r"\bottomrule", r"\end{tabular}"]
+        return "\n".join(lines) + "\n"
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["recipe", "folder", "seeds", "backbone", "memory",
+                    *(f"{t}_{part}" for t, _ in FIGURES for part in ("mean", "std"))])
+        for r in rows:
+            vals: list[str] = []
+            for _, k in FIGURES:
+                fig = r.figures.get(k)
+                vals += ["" if fig is None else f"{100 * fig[0]:.4f}",
+                         "" if fig is None or fig[1] is None else f"{100 * fig[1]:.4f}"]
+            w.writerow([r.recipe, r.folder, r.seeds, r.backbone, r.memory or 0, *vals])
+        return buf.getvalue()
+    raise ValueError(f"unknown format '{fmt}' (one of {', '.join(FORMATS)})")
+
+
+def format_aggregate(root: Path) -> list[str]:
+    """What ``clapkit run --seeds`` prints: each headline figure as mean +- std."""
+    agg = read_aggregate(root) or {}
+    lines = []
+    for title, key in (*FIGURES, ("final valid UAR", "final/valid_uar"),
+                       ("task-aware", "last_task_aware_acc")):
+        entry = agg.get(key)
+        if isinstance(entry, dict) and _num(entry.get("mean")) is not None:
+            vals = ", ".join(f"{100 * v:.1f}" for v in entry["values"])
+            lines.append(f"{title}: {100 * entry['mean']:.1f} ± {100 * entry['std']:.1f} "
+                         f"(seeds: {vals})")
+    return lines
