@@ -13,6 +13,8 @@ Composition rules (documented in README.md, "Writing a recipe"):
 * a child (``extends``) or ``--set`` that changes a component table's ``plugin`` drops the
   parent's options of the old plugin (the section's core keys, e.g. ``data.batch_size`` or
   ``head.view``, are kept); same plugin: options are inherited and overridden key by key;
+* a child's ``remove = ["memory", "adapters.variational", "stages.NAME"]`` deletes those
+  inherited tables before its own merge in (a name the parents lack is an error);
 * ``--set stages.NAME.key=v`` and ``--set stages.INDEX.key=v`` reach one ``[[stages]]`` table;
 * relative filesystem paths (``run.out_dir``, ``cache.dir``, ``data.root``, a
   ``backbone.pretrained`` checkpoint path, any plugin option declared with
@@ -55,7 +57,7 @@ PLAIN_SECTIONS: dict[str, type] = {
     "run": RunConfig, "scenario": ScenarioConfig, "memory": MemoryConfig, "cache": CacheConfig,
     "probe": ProbeConfig,   # options of `clapkit probe` (the linear-probe baseline)
 }
-TOP_KEYS = ("extends", "plugins", "stages", *PLAIN_SECTIONS, *COMPONENT_SECTIONS)
+TOP_KEYS = ("extends", "remove", "plugins", "stages", *PLAIN_SECTIONS, *COMPONENT_SECTIONS)
 
 #: attrs field metadata of a plugin option that is a filesystem path: relative values resolve
 #: against the working directory at load time, e.g. ``root: str = attrs.field(metadata=
@@ -173,11 +175,17 @@ def read_raw(path: str | Path, _chain: tuple[Path, ...] = ()) -> tuple[dict[str,
     prov: Provenance = {}
     _stamp(table, (), shown, prov)
     parent = table.pop("extends", None)
+    removals = table.pop("remove", None)
     if parent is None:
+        if removals is not None:
+            raise RecipeError(shown, "remove", "removes inherited tables, but this recipe "
+                              "extends none (add extends = \"parent.toml\" or delete the key)")
         return table, prov
     if not isinstance(parent, str):
         raise RecipeError(shown, "extends", "expected a path string")
     base, base_prov = read_raw(path.parent / parent, (*_chain, resolved))
+    if removals is not None:
+        base = remove_tables(base, base_prov, removals, shown)
     merged = merge_recipe(base, table, base_prov)
     base_prov.update(prov)
     return merged, base_prov
@@ -188,6 +196,52 @@ def _stamp(table: dict[str, Any], prefix: tuple[str, ...], file: str, prov: Prov
         prov[(*prefix, k)] = file
         if isinstance(v, dict):
             _stamp(v, (*prefix, k), file, prov)
+
+
+def removable_tables(table: dict[str, Any]) -> list[str]:
+    """What ``remove`` may name in a child of ``table``: a section (``"memory"``,
+    ``"selector"``), a named component (``"adapters.variational"``, ``"log.plots"``) or a
+    stage (``"stages.balanced_finetune"``)."""
+    out: list[str] = []
+    for key, value in table.items():
+        if key == "stages" and isinstance(value, list):
+            out += [f"stages.{s['name']}" for s in value
+                    if isinstance(s, dict) and isinstance(s.get("name"), str)]
+            continue
+        out.append(key)
+        if key in COMPONENT_SECTIONS and COMPONENT_SECTIONS[key][2] and isinstance(value, dict):
+            out += [f"{key}.{name}" for name, v in value.items() if isinstance(v, dict)]
+    return out
+
+
+def remove_tables(base: dict[str, Any], prov: Provenance, removals: Any,
+                  file: str) -> dict[str, Any]:
+    """``base`` (the parent chain, merged) without the tables a child's ``remove = [...]``
+    names, before the child's own tables merge in: a variant without memory writes
+    ``remove = ["memory", "selector", "stages.balanced_finetune"]`` instead of copying
+    the chain. A name the parent does not have is an error that lists what it has."""
+    if not isinstance(removals, list) or not all(isinstance(r, str) for r in removals):
+        raise RecipeError(file, "remove", "expected a list of table names, e.g. "
+                          "remove = [\"memory\", \"adapters.variational\"]")
+    have = removable_tables(base)
+    out = dict(base)
+    for name in removals:
+        if name not in have:
+            raise RecipeError(file, "remove", f"the recipes it extends have no table "
+                              f"'{name}' to remove", allowed=have, got=name)
+        parts = tuple(name.split("."))
+        if parts[0] == "stages":
+            out["stages"] = [s for s in out["stages"] if s.get("name") != parts[1]]
+            continue
+        if len(parts) == 1:
+            out.pop(parts[0])
+        else:
+            section = dict(out[parts[0]])
+            section.pop(parts[1])
+            out[parts[0]] = section
+        for pk in [pk for pk in prov if pk[:len(parts)] == parts]:
+            del prov[pk]
+    return out
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
