@@ -23,7 +23,7 @@ from clapkit import hookimpl
 from clapkit.errors import ClapkitError
 from clapkit.interfaces import BuildContext, Loss
 
-from ._grounded_text import GroundedTextTransformer
+from ._grounded_text import DecoderParts, GroundedTextTransformer
 
 
 def caption_lm_loss(logits: torch.Tensor, labels: torch.Tensor, pad_id: int = 0,
@@ -124,13 +124,15 @@ class CaptionLmLoss(Loss):
         self.image_source = cfg.image_tokens
         self.decoder: GroundedTextTransformer | None = None
         self.lm_head: nn.Linear | None = None
+        self.decoder_parts: DecoderParts | None = None
+        self.seed = seed
         if self.kind == "grounded":
             width = int(backbone.text_token_width)
             if not cfg.share_with:
                 from .itm import _heads, image_width
                 self.decoder = GroundedTextTransformer(
                     width, cfg.layers, _heads(width, cfg.heads),
-                    image_width(backbone, cfg.image_tokens), False, seed)
+                    image_width(backbone, cfg.image_tokens), False, seed, mode="decode")
             self.lm_head = nn.Linear(width, cfg.vocab_size)
 
     def bind(self, pipeline: nn.Module) -> None:
@@ -146,6 +148,9 @@ class CaptionLmLoss(Loss):
                                f"itm loss of this recipe (losses: {', '.join(losses)})")
         self._shared = (encoder,)
         self.image_source = other.cfg.image_tokens
+        if encoder.mode == "encode":      # its own [Decode] token and causal self-attention
+            self.decoder_parts = DecoderParts(encoder, self.seed).to(
+                encoder.ln_final.weight.device)
 
     def _decoder(self) -> GroundedTextTransformer:
         if self.decoder is not None:
@@ -159,7 +164,8 @@ class CaptionLmLoss(Loss):
         """``[B,L,V]`` logits from text token states ``[B,L,W]`` (position t -> token t+1)."""
         if self.kind == "coca":
             return self._backbone[0].decode_text(images, states)
-        return self.lm_head(self._decoder().decode(states, ~mask, images))
+        return self.lm_head(self._decoder().decode(states, ~mask, images,
+                                                   self.decoder_parts))
 
     def forward(self, outputs, batch) -> torch.Tensor:
         from ._image_text_batch import image_tokens, step_captions, text_encoding

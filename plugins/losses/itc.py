@@ -128,6 +128,26 @@ def itc_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor 
             + soft_infonce(logits.t(), contrastive_targets(text_ids, image_ids))) / 2
 
 
+def _first_float_buffer(module: nn.Module) -> torch.Tensor:
+    for b in module.buffers():
+        if b.is_floating_point():
+            return b
+    raise ClapkitError(f"momentum copy of {type(module).__name__} holds no weights")
+
+
+def _buffer_placement(module: nn.Module) -> nn.Module:
+    """A module whose ``device``/``dtype`` properties read its parameters (a backbone
+    wrapper) has none left once they are buffers: give the copy a subclass that reads them
+    from its buffers instead (the copy's own class, nothing else changes)."""
+    cls = type(module)
+    if not any(isinstance(getattr(cls, a, None), property) for a in ("device", "dtype")):
+        return module
+    module.__class__ = type(f"Momentum{cls.__name__}", (cls,), {
+        "device": property(lambda m: _first_float_buffer(m).device),
+        "dtype": property(lambda m: _first_float_buffer(m).dtype)})
+    return module
+
+
 class MomentumCopy(nn.Module):
     """An EMA copy of ``online`` whose weights are *buffers* (checkpointed with the model,
     never trained by a stage glob or an optimizer); call :meth:`update` before using it."""
@@ -137,7 +157,7 @@ class MomentumCopy(nn.Module):
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"momentum {momentum} outside [0, 1]")
         self.momentum = momentum
-        self.model = params_to_buffers(copy.deepcopy(online)).eval()
+        self.model = _buffer_placement(params_to_buffers(copy.deepcopy(online))).eval()
         self._online = (online,)                  # a tuple: not registered as a submodule
 
     @torch.no_grad()

@@ -156,7 +156,7 @@ class ItmLoss(Loss):
         width = int(backbone.text_token_width)
         encoder = GroundedTextTransformer(width, cfg.layers, _heads(width, cfg.heads),
                                           image_width(backbone, cfg.image_tokens),
-                                          cfg.share_self_attention, seed)
+                                          cfg.share_self_attention, seed, mode="encode")
         self.objective = ItmObjective(encoder)
         self.seed = seed
 
