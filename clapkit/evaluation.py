@@ -132,8 +132,7 @@ def collect_logits(prep: Prepared, split: str) -> tuple[torch.Tensor, torch.Tens
     from .engine.distributed import DistInfo
     from .engine.loop import evaluate
     name = split_name(prep, split)
-    labels = prep.data.labels[name]
-    indices = prep.scenario.items_of(labels, list(range(prep.task + 1)))
+    indices = prep.data.items(name, prep.scenario, list(range(prep.task + 1)))
     if not indices:
         raise ClapkitError(f"split '{name}' has no items of the classes seen by task "
                            f"{prep.task}")

@@ -59,6 +59,10 @@ class DataKeys:
     train_split: str = attrs.field(default="train", validator=v.non_empty)
     valid_split: str | None = attrs.field(default="valid", validator=v.non_empty)  # selects best
     test_split: str | None = attrs.field(default=None, validator=v.non_empty)
+    #: > 0: hold this fraction of each class's train items out of training as the selection
+    #: split, named by ``valid_split = "held_out"`` (never the test split); the task-end
+    #: figures then come from ``test_split``
+    valid_fraction: float = attrs.field(default=0.0, validator=v.number(0.0, 0.9))
     weighted_sampler: bool = False      # WeightedRandomSampler by inverse class frequency
     # training reads random frames per segment through the train transform; false = the
     # eval pipeline (segment centres, centre crop) for training too

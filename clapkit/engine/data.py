@@ -25,15 +25,26 @@ from .sampling import EpochSampler, inverse_frequency_weights
 IN_MEMORY_BYTES = 2 << 30
 
 
+#: ``data.valid_split`` naming the part of the train split ``data.valid_fraction`` holds out
+HELD_OUT = "held_out"
+#: the held-out items are drawn per class with this seed, the same for every ``run.seed`` (a
+#: seed sweep varies the model, not the data it is selected on)
+HELD_OUT_SEED = 0
+
+
 def check_splits(source: DatasetSource, recipe: Recipe) -> tuple[str, str, str | None]:
-    """``(train, valid, test)`` split names, each present in the dataset, or a RecipeError
-    that names the key to set and the splits there are."""
+    """``(train, valid, test)`` split names, each present in the dataset (or the held-out
+    part of the train split), or a RecipeError that names the key to set and the splits
+    there are."""
     keys = recipe.data.keys
     have = source.splits()
     file = recipe.data.file
     if keys.train_split not in have:
         raise RecipeError(file, "data.train_split", f"the dataset has no split "
                           f"'{keys.train_split}'", allowed=have, got=keys.train_split)
+    if keys.valid_fraction > 0 or keys.valid_split == HELD_OUT:
+        _check_held_out(keys, have, file)
+        return keys.train_split, HELD_OUT, keys.test_split
     if keys.valid_split is None or keys.valid_split not in have:
         raise RecipeError(file, "data.valid_split",
                           f"the dataset has no split '{keys.valid_split}' to select the model "
@@ -43,6 +54,41 @@ def check_splits(source: DatasetSource, recipe: Recipe) -> tuple[str, str, str |
         raise RecipeError(file, "data.test_split", f"the dataset has no split "
                           f"'{keys.test_split}'", allowed=have, got=keys.test_split)
     return keys.train_split, keys.valid_split, keys.test_split
+
+
+def _check_held_out(keys: Any, have: list[str], file: str | None) -> None:
+    if keys.valid_fraction <= 0:
+        raise RecipeError(file, "data.valid_fraction", f"data.valid_split = \"{HELD_OUT}\" "
+                          "selects on a part of the train split held out of training: say "
+                          "how large (e.g. data.valid_fraction = 0.1)")
+    if keys.valid_split != HELD_OUT:
+        raise RecipeError(file, "data.valid_split", f"data.valid_fraction = "
+                          f"{keys.valid_fraction} holds out part of the train split to select "
+                          f"on; name it data.valid_split = \"{HELD_OUT}\" (the recipe names "
+                          f"'{keys.valid_split}')", allowed=[HELD_OUT], got=keys.valid_split)
+    if keys.test_split is None or keys.test_split not in have:
+        raise RecipeError(file, "data.test_split", "with a held-out valid split the figures "
+                          "are reported on the test split: name it", allowed=have,
+                          got=str(keys.test_split))
+
+
+def held_out_items(labels: list[int], fraction: float, seed: int = HELD_OUT_SEED
+                   ) -> frozenset[int]:
+    """Per class, ``round(fraction * n)`` of its ``n`` items (at least one when the class has
+    two or more, never all), drawn with ``seed``: stratified, so every class is selected on."""
+    import random
+    by_class: dict[int, list[int]] = {}
+    for i, y in enumerate(labels):
+        by_class.setdefault(int(y), []).append(i)
+    rng = random.Random(seed)
+    out: list[int] = []
+    for y in sorted(by_class):
+        items = by_class[y]
+        if len(items) < 2:
+            continue
+        k = min(len(items) - 1, max(1, round(fraction * len(items))))
+        out += rng.sample(items, k)
+    return frozenset(out)
 
 
 class RunData:
@@ -61,13 +107,37 @@ class RunData:
         self._datasets: dict[tuple, Any] = {}
         self.progress = recipe.run.progress
         self.labels = {s: [r.label for r in source.refs(s)]
-                       for s in {self.train_split, self.valid_split, self.test_split} if s}
+                       for s in {self.train_split, self.valid_split, self.test_split}
+                       if s and s != HELD_OUT}
+        self.held_out: frozenset[int] = frozenset()
+        if self.valid_split == HELD_OUT:
+            self.labels[HELD_OUT] = self.labels[self.train_split]   # same items, same indices
+            self.held_out = held_out_items(self.labels[self.train_split],
+                                           self.keys.valid_fraction)
+        #: where the task-end figures (accuracy matrix, novelty) are measured: the test split
+        #: when selection has its own held-out split, else the valid split (class-incremental
+        #: recipes name the test split there)
+        self.report_split = self.test_split if self.held_out else self.valid_split
+
+    def items(self, split: str, scenario: Any, tasks: list[int]) -> list[int]:
+        """Indices of ``split``'s items of ``tasks``' classes; the train split without its
+        held-out items, ``held_out`` only those."""
+        base = self.train_split if split == HELD_OUT else split
+        idx = scenario.items_of(self.labels[base], tasks)
+        if split == HELD_OUT:
+            return [i for i in idx if i in self.held_out]
+        if split == self.train_split and self.held_out:
+            return [i for i in idx if i not in self.held_out]
+        return idx
 
     # -- datasets --------------------------------------------------------------------------
 
     def dataset(self, split: str, train: bool, cached: bool) -> Any:
         """The pixel dataset of ``split`` (train = random frames + train transform), or its
-        cached features (``train`` then means the ``cache.views`` augmented views)."""
+        cached features (``train`` then means the ``cache.views`` augmented views). The
+        held-out split reads the train split's (eval-view) items and cache."""
+        if split == HELD_OUT:
+            split, train = self.train_split, False
         key = (split, train, cached)
         if key not in self._datasets:
             if cached:

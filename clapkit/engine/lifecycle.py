@@ -18,8 +18,8 @@ from .loop import Collected, evaluate
 def task_items(tr: Any, task: int, memory: list[int]) -> list[int]:
     """The task's training items: its new classes' items plus the replay memory it
     trained with."""
-    labels = tr.data.labels[tr.data.train_split]
-    return sorted(set(tr.scenario.items_of(labels, [task])) | set(memory))
+    new = tr.data.items(tr.data.train_split, tr.scenario, [task])
+    return sorted(set(new) | set(memory))
 
 
 def encode_items(tr: Any, task: int, items: list[int], what: str) -> Collected:

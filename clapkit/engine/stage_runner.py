@@ -24,10 +24,9 @@ log = logging.getLogger("clapkit.engine")
 def stage_items(tr: Any, task: int, stage: StageConfig) -> list[int]:
     """Train-split items of ``stage`` in ``task``: the task's new items, the replay memory,
     or both (``stage.data``)."""
-    labels = tr.data.labels[tr.data.train_split]
     if stage.data == "memory":
         return sorted(tr.memory)
-    new = tr.scenario.items_of(labels, [task])
+    new = tr.data.items(tr.data.train_split, tr.scenario, [task])
     if stage.data == "task":
         return sorted(new)
     return sorted(set(new) | set(tr.memory))

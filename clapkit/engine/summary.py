@@ -83,7 +83,7 @@ def build_summary(tr: Any, final: dict[str, Any], seconds: float) -> dict[str, A
         out.update(tr.acc.summary())
         out["accuracy_matrix"] = tr.acc.to_dict()["rows"]
         figures["last_acc, avg_incremental_acc, forgetting, bwt, task-aware, ece, ood/*"] = (
-            f"the model at the end of each task, on split '{tr.data.valid_split}'")
+            f"the model at the end of each task, on split '{tr.data.report_split}'")
     out["figures"] = figures
     return out
 
@@ -108,7 +108,7 @@ def write_accuracy_matrix(tr: Any) -> None:
         return
     data: dict[str, Any] = tr.acc.to_dict()
     data["ood"] = {str(t): table for t, table in enumerate(data["ood"]) if table}
-    data["split"] = tr.data.valid_split
+    data["split"] = tr.data.report_split
     data["classes_per_task"] = [len(tr.scenario.classes_of(t))
                                 for t in range(tr.scenario.num_tasks)]
     data["summary"] = tr.acc.summary()

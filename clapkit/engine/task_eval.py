@@ -1,7 +1,9 @@
 """The evaluation after each task (DESIGN.md section 4), which plugins extend.
 
-Built in: on the selection split (valid), the accuracy-matrix row (per-task accuracy of the
-seen classes), accuracy on all seen classes, task-aware accuracy and ECE; the test split's
+Built in: on the report split (the valid split, or the test split when ``data.valid_fraction``
+holds a selection split out of the train split), the accuracy-matrix row (per-task accuracy
+of the seen classes), accuracy on all seen classes, task-aware accuracy and ECE; the valid
+split's WAR/UAR; the test split's
 WAR/UAR when there is one; and novel-class detection -- ID = the seen tasks' items, OOD = the
 future tasks' items of the test split (valid when there is none), classified against the seen
 classes -- scored by energy, max softmax, MC variance and entropy with AUROC/AUPR/FPR95.
@@ -41,7 +43,7 @@ class TaskEvaluation:
 
     def items(self, split: str, tasks: Sequence[int]) -> list[int]:
         """Indices of ``split``'s items whose class belongs to ``tasks``."""
-        return self._tr.scenario.items_of(self._tr.data.labels[split], list(tasks))
+        return self._tr.data.items(split, self._tr.scenario, list(tasks))
 
     def run(self, split: str, tasks: Sequence[int],
             on_outputs: Callable[[dict[str, Any], dict[str, Any]], None] | None = None,
@@ -84,23 +86,27 @@ def evaluate_task(tr: Any, task: int) -> dict[str, Any]:
         aware.update(logits[:, :seen], batch["label"])
         calib.update(logits[:, :seen], batch["label"])
 
-    va = ev.run(tr.data.valid_split, seen_tasks, row).compute()
+    report = tr.data.report_split
+    rep = ev.run(report, seen_tasks, row).compute()
     all_reduce_sum(aware.counts, tr.info)
     all_reduce_sum(calib.bins, tr.info)
-    conf = torch.as_tensor(va["confusion"])
+    conf = torch.as_tensor(rep["confusion"])
     per_task = task_accuracy(conf, sc.task_of_class, sc.num_tasks)[: task + 1].tolist()
-    metrics: dict[str, Any] = {"acc_seen": va["war"], "valid/war": va["war"],
+    va = rep if report == tr.data.valid_split else \
+        ev.run(tr.data.valid_split, seen_tasks).compute()
+    metrics: dict[str, Any] = {"acc_seen": rep["war"], "valid/war": va["war"],
                                "valid/uar": va["uar"], "valid/confusion": va["confusion"],
                                "task_aware_acc": aware.accuracy(), "ece": calib.compute(),
-                               "select_split": tr.data.valid_split}
+                               "select_split": tr.data.valid_split, "report_split": report}
     metrics.update({f"acc_task/{j}": a for j, a in enumerate(per_task)})
     if tr.data.test_split:
-        te = ev.run(tr.data.test_split, seen_tasks).compute()
+        te = rep if report == tr.data.test_split else \
+            ev.run(tr.data.test_split, seen_tasks).compute()
         metrics.update({"test/war": te["war"], "test/uar": te["uar"],
                         "test/confusion": te["confusion"]})
     if task < sc.num_tasks - 1:
         metrics.update(novelty_detection(ev))
-    tr.acc.update(task, per_task, va["war"], task_aware=aware.accuracy(), ece=calib.compute(),
+    tr.acc.update(task, per_task, rep["war"], task_aware=aware.accuracy(), ece=calib.compute(),
                   ood=parse_ood_metrics(metrics))
     return plugin_metrics(tr, task, ev, metrics)
 

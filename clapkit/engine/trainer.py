@@ -210,8 +210,7 @@ class Trainer:
         return self.scenario.seen(task) if self.scenario.incremental else None
 
     def eval_indices(self, split: str, task: int) -> list[int]:
-        labels = self.data.labels[split]
-        return self.scenario.items_of(labels, list(range(task + 1)))
+        return self.data.items(split, self.scenario, list(range(task + 1)))
 
     def use_cache(self, stage_name: str) -> bool:
         """Whether the stage reads cached image features (said once per stage when a
