@@ -90,8 +90,10 @@ def plot_confusion(confusion: Sequence[Sequence[int]], class_names: Sequence[str
 
 
 def plot_accuracy_matrix(rows: Sequence[Sequence[float]], path: str | Path,
-                         title: str = "accuracy matrix R[t][j] (%)", dpi: int = 100) -> Path:
-    """Lower-triangular heatmap of R[t][j] (after task t, on task j), values in [0, 1]."""
+                         title: str = "accuracy matrix R[t][j] (%)", dpi: int = 100,
+                         task_labels: Sequence[str] | None = None) -> Path:
+    """Lower-triangular heatmap of R[t][j] (after task t, on task j), values in [0, 1];
+    the axes name the tasks (``task_labels``, default ``task 0`` ...)."""
     import numpy as np
 
     n = len(rows)
@@ -104,8 +106,10 @@ def plot_accuracy_matrix(rows: Sequence[Sequence[float]], path: str | Path,
     im = ax.imshow(np.ma.masked_invalid(r * 100.0), cmap="viridis", vmin=0.0, vmax=100.0)
     bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     bar.set_label("accuracy (%)")
-    ax.set_xticks(range(n))
-    ax.set_yticks(range(n))
+    labels = list(task_labels) if task_labels is not None else [f"task {t}" for t in range(n)]
+    ax.set_xticks(range(n), labels[:n], rotation=45 if n > 4 else 0,
+                  ha="right" if n > 4 else "center")
+    ax.set_yticks(range(n), labels[:n])
     ax.set_xlabel("evaluated on task j")
     ax.set_ylabel("after learning task t")
     if n <= 15:
@@ -133,6 +137,39 @@ def segments(history: Sequence[dict[str, Any]]) -> list[tuple[int, int, str]]:
     return out
 
 
+def _mark_stages(history: Sequence[dict[str, Any]], ax: Any, lx: Any) -> list[Any]:
+    """Stages as tinted bands (one colour per stage name, in the legend), a solid line where
+    a task begins with ``task t`` centred above it, dotted lines between a task's stages:
+    labels that cannot overlap however short a stage is. Returns the stage legend's
+    handles (none with a single stage name)."""
+    from matplotlib.patches import Patch
+    segs = segments(history)
+    names = list(dict.fromkeys(str(h.get("stage")) for h in history))
+    palette = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink")
+    colour = {n: palette[i % len(palette)] for i, n in enumerate(names)}
+    task_of = [h.get("task") for h in history]
+    for first, last, _ in segs:
+        stage = str(history[first - 1].get("stage"))
+        new_task = first > 1 and task_of[first - 1] != task_of[first - 2]
+        for a in (ax, lx):
+            a.axvspan(first - 0.5, last + 0.5, color=colour[stage], alpha=0.07, linewidth=0)
+            if first > 1:
+                a.axvline(first - 0.5, color="grey", linewidth=1.0 if new_task else 0.8,
+                          linestyle="-" if new_task else ":")
+    tasks = list(dict.fromkeys(task_of))
+    if len(tasks) > 1:
+        every = max(1, math.ceil(len(tasks) / 20))      # at most 20 task labels
+        for k, t in enumerate(tasks):
+            if k % every:
+                continue
+            xs = [i for i, v in enumerate(task_of, 1) if v == t]
+            ax.text((xs[0] + xs[-1]) / 2, 101, f"task {t}", ha="center", va="bottom",
+                    fontsize=8, color="dimgrey", clip_on=False)
+    if len(names) < 2:
+        return []
+    return [Patch(color=colour[n], alpha=0.3, label=f"stage {n}") for n in names]
+
+
 def plot_learning_curves(history: Sequence[dict[str, Any]], path: str | Path,
                          keys: Sequence[str] = ("train/war", "train/uar", "valid/war",
                                                 "valid/uar"),
@@ -141,8 +178,8 @@ def plot_learning_curves(history: Sequence[dict[str, Any]], path: str | Path,
     """Metrics per epoch (x = epoch index over the whole run) in percent, above the loss
     curve(s) (``loss/total`` and its terms unless ``loss_keys`` is given).
 
-    ``history`` items hold ``task``, ``stage`` and the metric keys; dotted vertical lines
-    mark where a stage or task begins, and each span is labelled with its stage name.
+    ``history`` items hold ``task``, ``stage`` and the metric keys; each stage is a tinted
+    band (colour per stage name, legend below), each task labelled above its span.
     """
     fig = _new_figure(9.0, 7.0)
     ax = fig.add_subplot(2, 1, 1)
@@ -166,12 +203,10 @@ def plot_learning_curves(history: Sequence[dict[str, Any]], path: str | Path,
         if any(not math.isnan(y) for y in ys):
             lx.plot(xs, ys, marker="o" if key == "loss/total" else None, markersize=3,
                     linewidth=2.0 if key == "loss/total" else 1.0, label=key)
-    for first, last, label in segments(history):
-        for a in (ax, lx):
-            if first > 1:
-                a.axvline(first - 0.5, color="grey", linestyle=":", linewidth=1)
-        ax.text((first + last) / 2, 101, label, ha="center", va="bottom", fontsize=8,
-                color="dimgrey", clip_on=False)
+    stage_handles = _mark_stages(history, ax, lx)
+    if stage_handles:     # below the plots, where no curve runs
+        fig.legend(handles=stage_handles, loc="lower center", ncol=min(len(stage_handles), 4),
+                   fontsize=8, frameon=False)
     from matplotlib.ticker import MaxNLocator
 
     lx.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -182,7 +217,7 @@ def plot_learning_curves(history: Sequence[dict[str, Any]], path: str | Path,
     for a in (ax, lx):
         a.grid(True, alpha=0.3)
         if a.get_legend_handles_labels()[0]:
-            a.legend(loc="best", fontsize=8)
+            a.legend(loc="upper left", fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.04 if stage_handles else 0, 1, 1))
     return save_figure_atomic(fig, path, dpi)

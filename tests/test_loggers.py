@@ -361,7 +361,8 @@ def test_learning_curves_title_stages_loss_and_whole_history_after_resume(regist
     acc, loss = fig.axes[:2]
     assert fig._suptitle.get_text().startswith("demo:")
     assert len(acc.get_lines()[0].get_xdata()) == 4          # 2 + 2 epochs, not 2
-    assert {t.get_text() for t in acc.texts} == {"prompt", "all"}
+    legend = [t.get_text() for leg in fig.legends for t in leg.get_texts()]
+    assert legend == ["stage prompt", "stage all"]           # stages: bands + legend
     assert any(ln.get_label() == "loss/total" for ln in loss.get_lines())
     assert any(ln.get_label() == "loss/mi" for ln in loss.get_lines())
     assert not (run.out_dir / "plots" / "history.jsonl").exists()   # jsonl logger has it
