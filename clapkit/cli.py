@@ -128,7 +128,7 @@ def recipe_show(file: Path, overrides: tuple[str, ...]) -> None:
 @cli.command("run")
 @click.argument("file", type=click.Path(path_type=Path))
 @_set_option
-@click.option("--out", "out_dir", type=click.Path(path_type=Path),
+@click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False),
               help="Output folder (default: run.out_dir of the recipe).")
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint in the output.")
 @click.option("--overwrite", is_flag=True,
@@ -165,10 +165,11 @@ def run_cmd(file: Path, overrides: tuple[str, ...], out_dir: Path | None, resume
 @cli.command("eval")
 @click.argument("target", type=click.Path(path_type=Path))
 @click.option("--checkpoint", type=click.Choice(["best", "last"]), default=None,
-              help="Run folder: the checkpoint to evaluate (default best = best valid UAR).")
+              help="Run folder: the checkpoint to evaluate (default: best when the run "
+                   "selected one, else last -- the model its summary reports).")
 @click.option("--split", type=click.Choice(["valid", "test"]), default="valid", show_default=True,
               help="The recipe's data.valid_split or data.test_split (else the 'test' split).")
-@click.option("--out", "out_dir", type=click.Path(path_type=Path),
+@click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False),
               help="Folder for the JSON (run folder: the run; recipe: runs/<name>-eval).")
 @_set_option
 def eval_cmd(target: Path, checkpoint: str | None, split: str, out_dir: Path | None,
@@ -186,7 +187,7 @@ def eval_cmd(target: Path, checkpoint: str | None, split: str, out_dir: Path | N
 
 @cli.command("probe")
 @click.argument("recipe", type=click.Path(path_type=Path))
-@click.option("--out", "out_dir", type=click.Path(path_type=Path),
+@click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False),
               help="Folder for probe.json (default: run.out_dir of the recipe).")
 @_set_option
 def probe_cmd(recipe: Path, out_dir: Path | None, overrides: tuple[str, ...]) -> None:
@@ -206,24 +207,26 @@ def probe_cmd(recipe: Path, out_dir: Path | None, overrides: tuple[str, ...]) ->
 @cli.command("predict")
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best",
-              show_default=True, help="The checkpoint of the run to predict with.")
+@click.option("--checkpoint", type=click.Choice(["best", "last"]), default=None,
+              help="The checkpoint of the run to predict with (default: best when the run "
+                   "selected one, else last).")
 @click.option("--top", type=click.IntRange(min=1), default=5, show_default=True,
               help="Classes shown per input (by probability).")
-@click.option("--json", "json_out", type=click.Path(path_type=Path),
+@click.option("--json", "json_out", type=click.Path(path_type=Path, dir_okay=False),
               help="Also write every probability to this JSON file.")
 @_set_option
-def predict_cmd(run_dir: Path, inputs: tuple[Path, ...], checkpoint: str, top: int,
+def predict_cmd(run_dir: Path, inputs: tuple[Path, ...], checkpoint: str | None, top: int,
                 json_out: Path | None, overrides: tuple[str, ...]) -> None:
     """Predicted class and probabilities for each INPUT (video files, frame folders, images),
     through the run's eval transforms and face/context crops (faces detected)."""
     import json as _json
 
     from .atomic import atomic_write_text
-    from .evaluation import prepare, run_recipe_file
+    from .evaluation import default_checkpoint, prepare, run_recipe_file
     from .predict import format_predictions, predict
     from .recipe import load_recipe
     recipe = load_recipe(run_recipe_file(run_dir), host(), overrides)
+    checkpoint = checkpoint or default_checkpoint(run_dir)
     path = run_dir / "checkpoints" / f"{checkpoint}.pt"
     if not path.is_file():
         raise ClapkitError(f"{run_dir}: no {checkpoint} checkpoint at {path}")
@@ -301,6 +304,13 @@ def main(argv: list[str] | None = None) -> None:
         if debug:
             raise
         click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except OSError as exc:        # a path the user gave that the system refuses: one line
+        if debug:
+            raise
+        click.echo(f"error: {exc.strerror or exc}"
+                   + (f": {exc.filename}" if getattr(exc, "filename", None) else "")
+                   + " (--debug shows the traceback)", err=True)
         sys.exit(2)
     sys.exit(rc if isinstance(rc, int) else 0)
 

@@ -54,6 +54,12 @@ def is_run_dir(path: Path) -> bool:
     return path.is_dir() and (path / "recipe.toml").is_file()
 
 
+def default_checkpoint(run_dir: Path) -> str:
+    """The model the run's summary reports: ``best`` when the run selected one
+    (``run.select``), else ``last`` (incremental runs select nothing by default)."""
+    return "best" if (run_dir / "checkpoints" / "best.pt").is_file() else "last"
+
+
 def run_recipe_file(run_dir: Path) -> Path:
     if not is_run_dir(run_dir):
         raise ClapkitError(f"{run_dir} is not a run folder (it has no recipe.toml; a run "
@@ -183,7 +189,7 @@ def eval_target(target: Path, host: PluginHost, *, checkpoint: str | None = None
         raise ClapkitError(f"--split: '{split}' is not one of {', '.join(SPLITS)}")
     if target.is_dir():
         recipe = load_recipe(run_recipe_file(target), host, overrides)
-        which = checkpoint or "best"
+        which = checkpoint or default_checkpoint(target)
         if which not in CHECKPOINTS:
             raise ClapkitError(f"--checkpoint: '{which}' is not one of {', '.join(CHECKPOINTS)}")
         path = target / "checkpoints" / f"{which}.pt"

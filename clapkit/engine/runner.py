@@ -36,7 +36,9 @@ def run_recipe(path: str | Path, *, overrides: list[str] | tuple[str, ...] = (),
     trainer = Trainer(recipe, host, out_dir=out_dir, resume=resume)
     if not _writes_files():
         return trainer.run()
-    with RunFolder(trainer.out, resume=resume, overwrite=overwrite):
+    with RunFolder(trainer.out, resume=resume, overwrite=overwrite) as folder:
+        if folder.restart:                 # nothing was saved: the run starts over
+            trainer.resume = False
         return trainer.run()
 
 

@@ -19,3 +19,31 @@ def test_standardises_anisotropic_features(make, ctx):
     norm.eval()
     ref = (x - norm.norm.running_mean) / (norm.norm.running_var + norm.norm.eps).sqrt()
     torch.testing.assert_close(norm(x), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_cumulative_statistics_are_exact_over_every_batch_and_order_free(make, ctx):
+    """``statistics = "cumulative"``: after tasks with different data the transform is the
+    standardisation by the mean and (population) variance of all training features seen,
+    whatever the batch split or order; evaluation does not move it."""
+    d = ctx.embed_dim
+    g = torch.Generator().manual_seed(0)
+    task_a = torch.randn(24, 2, d, generator=g) + 3.0
+    task_b = torch.randn(10, 2, d, generator=g) * 2.0 - 1.0
+    norm = make("adapter", "feature_norm", ctx, statistics="cumulative")
+    norm.train()
+    for chunk in (*task_a.split(7), *task_b.split(4)):
+        norm(chunk)
+    flat = torch.cat([task_a, task_b]).reshape(-1, d).double()
+    torch.testing.assert_close(norm.mean, flat.mean(0))
+    torch.testing.assert_close(norm.m2 / norm.count, flat.var(0, unbiased=False))
+    other = make("adapter", "feature_norm", ctx, statistics="cumulative").train()
+    other(task_b)
+    other(task_a)                                     # other order, other batches
+    torch.testing.assert_close(other.mean, norm.mean)
+    norm.eval()
+    probe = torch.randn(5, 2, d, generator=g)
+    want = (probe - flat.mean(0).float()) / (flat.var(0, unbiased=False).float() + 1e-5).sqrt()
+    torch.testing.assert_close(norm(probe), want, atol=1e-4, rtol=1e-4)
+    before = norm.mean.clone()
+    norm(probe)
+    assert torch.equal(norm.mean, before)

@@ -118,10 +118,33 @@ def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path):
 
 def test_resume_errors(tmp_path):
     path = es.write_recipe(tmp_path)
-    with pytest.raises(ClapkitError, match="no checkpoint"):
+    with pytest.raises(ClapkitError, match="holds no run to continue"):
         run_recipe(path, overrides=es.base_overrides(tmp_path), out_dir=tmp_path / "none",
                    resume=True)
     run_recipe(path, overrides=es.base_overrides(tmp_path), out_dir=tmp_path / "out")
     with pytest.raises(ClapkitError, match="run.seed"):
         run_recipe(path, overrides=es.base_overrides(tmp_path) + ["run.seed=5"],
                    out_dir=tmp_path / "out", resume=True)
+
+
+class CrashAtStart:
+    @hookimpl
+    def clapkit_run_start(self, run):
+        raise Crash("killed before the first checkpoint")
+
+
+def test_resume_after_a_kill_before_the_first_checkpoint(straight):
+    """recipe.toml written, no checkpoint: --resume runs from the beginning, to the same
+    weights as the straight run."""
+    tmp_path, path, over, straight = straight
+    out = tmp_path / "c"
+    host = get_plugin_host()
+    host.register_listener(CrashAtStart())
+    with pytest.raises(Crash):
+        run_recipe(path, overrides=over, out_dir=out, host=host)
+    assert (out / "recipe.toml").is_file() and not (out / "checkpoints" / "last.pt").exists()
+    resumed = run_recipe(path, overrides=over, out_dir=out, resume=True)
+    assert resumed["final/valid_uar"] == straight["final/valid_uar"]
+    a, b = _final(tmp_path / "a"), _final(out)
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k

@@ -74,6 +74,9 @@ def test_eval_errors_point_at_the_cause(trained, tmp_path):
     (tmp_path / "half").mkdir()
     (tmp_path / "half" / "recipe.toml").write_text((tmp / "run" / "recipe.toml").read_text())
     with pytest.raises(ClapkitError, match="no best checkpoint.*try --checkpoint last"):
+        eval_target(tmp_path / "half", host, checkpoint="best")
+    # no best.pt: the default is the last model (what an unselected run reports)
+    with pytest.raises(ClapkitError, match="no last checkpoint"):
         eval_target(tmp_path / "half", host)
     with pytest.raises(ClapkitError, match="no such run folder or recipe file"):
         eval_target(tmp_path / "nope", host)

@@ -50,7 +50,7 @@ def test_overwrite_removes_run_outputs_only(tmp_path):
 
 
 def test_resume_needs_a_checkpoint_and_not_overwrite(tmp_path):
-    with pytest.raises(ClapkitError, match="no checkpoint"):
+    with pytest.raises(ClapkitError, match="holds no run to continue"):
         RunFolder(tmp_path / "empty", resume=True).claim()
     with pytest.raises(ClapkitError, match="contradict"):
         RunFolder(tmp_path / "x", resume=True, overwrite=True)
@@ -64,8 +64,47 @@ def test_torn_temporaries_are_swept_on_resume(tmp_path):
     for t in torn:
         t.write_bytes(b"half")
     with RunFolder(out, resume=True) as rf:
-        assert sorted(rf.swept) == sorted(torn)
-    assert not any(t.exists() for t in torn) and (out / "checkpoints" / "last.pt").exists()
+        # only the file whose writer is gone: a live process's temporary is not ours to take
+        assert rf.swept == [out / "checkpoints" / ".best.pt.99999-zz.tmp"]
+    assert torn[0].exists() and torn[2].exists() and not torn[1].exists()
+    assert (out / "checkpoints" / "last.pt").exists()
+
+
+def test_resume_before_the_first_checkpoint_starts_over(tmp_path):
+    """Killed before any checkpoint: recipe and log are there, nothing to resume from."""
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "recipe.toml").write_text("[run]\n")
+    (out / "metrics.jsonl").write_text('{"event": "run_start"}\n')
+    with pytest.raises(ClapkitError, match="--resume"):
+        RunFolder(out).claim()                     # a plain run says to resume it ...
+    with RunFolder(out, resume=True) as rf:        # ... and resume starts it over
+        assert rf.restart and holds_run(out) == []
+
+
+def test_a_run_that_fails_at_start_leaves_no_folder(tmp_path):
+    out = tmp_path / "new" / "r"
+    with pytest.raises(RuntimeError):
+        with RunFolder(out):
+            raise RuntimeError("the dataset is missing")
+    assert not out.exists()
+    kept = tmp_path / "mine"
+    kept.mkdir()
+    with pytest.raises(RuntimeError):
+        with RunFolder(kept):
+            raise RuntimeError("boom")
+    assert kept.is_dir()                           # not created by the run: left alone
+
+
+def test_overwrite_removes_eval_results_and_the_matrix(tmp_path):
+    out = tmp_path / "r"
+    _run_in(out)
+    for name in ("eval-last-test.json", "accuracy_matrix.json"):
+        (out / name).write_text("{}")
+    with RunFolder(out, overwrite=True):
+        assert not (out / "eval-last-test.json").exists()
+        assert not (out / "accuracy_matrix.json").exists()
+        assert (out / "notes.txt").read_text() == "mine"
 
 
 def test_the_same_folder_cannot_be_claimed_twice(tmp_path):
