@@ -1,8 +1,9 @@
 """``clapkit runs DIR --format markdown|csv|latex``: the results table a paper prints.
 
-One row per result under DIR: a seed aggregate (a folder with ``aggregate.json``, written by
+One row per result under DIR (named by its folder relative to DIR): a seed aggregate (a folder with ``aggregate.json``, written by
 ``clapkit run --seeds``) shows mean +- std over its seeds, and a single finished run (its
-``summary.json``) shows its figures. Columns: recipe, seeds, backbone, memory size, then
+``summary.json``) shows its figures. Columns: recipe, run folder, seeds, backbone, memory
+size, then
 last accuracy, average incremental accuracy, forgetting and BWT, in percent (one decimal).
 A run that is not class-incremental has no such figures: its cells read ``-``.
 """
@@ -36,6 +37,9 @@ class ResultRow:
     memory: int | None
     #: summary key -> (mean, std); std None for a single run
     figures: dict[str, tuple[float, float | None]]
+    #: the folder relative to the listed root ("." for the root itself): tells apart rows
+    #: of one recipe run with different settings
+    name: str = "."
 
 
 def _read(path: Path) -> dict[str, Any] | None:
@@ -59,6 +63,13 @@ def _num(v: Any) -> float | None:
     return float(v) if ok else None
 
 
+def _relative(folder: Path, root: Path) -> str:
+    try:
+        return str(folder.resolve().relative_to(root.resolve())) or "."
+    except ValueError:
+        return str(folder)
+
+
 def collect_results(root: Path) -> list[ResultRow]:
     """Aggregates first (their seed folders are not listed again), then single runs."""
     rows: list[ResultRow] = []
@@ -75,6 +86,7 @@ def collect_results(root: Path) -> list[ResultRow]:
             if isinstance(entry, dict) and _num(entry.get("mean")) is not None:
                 figs[key] = (float(entry["mean"]), _num(entry.get("std")))
         rows.append(ResultRow(recipe=str(agg.get("recipe", folder.name)), folder=str(folder),
+                              name=_relative(folder, root),
                               seeds=int(agg.get("n", len(agg.get("seeds", [])))),
                               backbone=str(agg.get("backbone") or "?"),
                               memory=agg.get("memory_size"), figures=figs))
@@ -87,6 +99,7 @@ def collect_results(root: Path) -> list[ResultRow]:
         figs = {key: (float(summary[key]), None) for _, key in FIGURES
                 if _num(summary.get(key)) is not None}
         rows.append(ResultRow(recipe=_recipe_name(run), folder=str(run), seeds=1,
+                              name=_relative(run, root),
                               backbone=str(summary.get("backbone") or "?"),
                               memory=summary.get("memory_size"), figures=figs))
     return rows
@@ -100,11 +113,11 @@ def _cell(fig: tuple[float, float | None] | None, pm: str) -> str:
 
 
 def _header() -> list[str]:
-    return ["recipe", "seeds", "backbone", "memory", *(t for t, _ in FIGURES)]
+    return ["recipe", "run", "seeds", "backbone", "memory", *(t for t, _ in FIGURES)]
 
 
 def _cells(row: ResultRow, pm: str) -> list[str]:
-    return [row.recipe, str(row.seeds), row.backbone,
+    return [row.recipe, row.name, str(row.seeds), row.backbone,
             "-" if not row.memory else str(row.memory),
             *(_cell(row.figures.get(k), pm) for _, k in FIGURES)]
 
@@ -113,7 +126,7 @@ def format_table(rows: list[ResultRow], fmt: str) -> str:
     """The table as text in ``fmt`` (one of :data:`FORMATS`)."""
     if fmt == "markdown":
         lines = ["| " + " | ".join(_header()) + " |",
-                 "|" + "|".join(["---"] * 4 + ["---:"] * len(FIGURES)) + "|"]
+                 "|" + "|".join(["---"] * 5 + ["---:"] * len(FIGURES)) + "|"]
         lines += ["| " + " | ".join(_cells(r, "±")) + " |" for r in rows]
         lines.append("")
         lines.append("Figures in percent; mean ± sample std over seeds where seeds > 1.")
@@ -121,9 +134,9 @@ def format_table(rows: list[ResultRow], fmt: str) -> str:
     if fmt == "latex":
         def esc(t: str) -> str:
             return t.replace("\\", r"\textbackslash{}").replace("_", r"\_").replace("%", r"\%")
-        lines = [r"\begin{tabular}{llll" + "r" * len(FIGURES) + "}", r"\toprule",
+        lines = [r"\begin{tabular}{lllll" + "r" * len(FIGURES) + "}", r"\toprule",
                  " & ".join(esc(h) for h in _header()) + r" \\", r"\midrule"]
-        lines += [" & ".join(esc(c) if i < 4 else c.replace("±", r"$\pm$")
+        lines += [" & ".join(esc(c) if i < 5 else c.replace("±", r"$\pm$")
                              for i, c in enumerate(_cells(r, "±"))) + r" \\" for r in rows]
         lines += [r"\bottomrule", r"\end{tabular}"]
         return "\n".join(lines) + "\n"
