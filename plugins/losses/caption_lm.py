@@ -167,6 +167,13 @@ class CaptionLmLoss(Loss):
         return self.lm_head(self._decoder().decode(states, ~mask, images,
                                                    self.decoder_parts))
 
+    def last_token_logits(self, states, mask, images) -> torch.Tensor:
+        """``[B,V]``: the logits of the token after the last position only (generation)."""
+        if self.kind == "coca":
+            return self.next_token_logits(states, mask, images)[:, -1]
+        hidden = self._decoder().decode(states, ~mask, images, self.decoder_parts)
+        return self.lm_head(hidden[:, -1])
+
     def forward(self, outputs, batch) -> torch.Tensor:
         from ._image_text_batch import image_tokens, step_captions, text_encoding
 
@@ -178,9 +185,19 @@ class CaptionLmLoss(Loss):
         images = image_tokens(batch, outputs, bb, source)
         tokens = tokens.to(images.device)
         w, mask = states.tokens.to(images.device), states.mask.to(images.device)
-        logits = self.next_token_logits(w[:, :-1], mask[:, :-1], images)
-        return caption_lm_loss(logits, tokens[:, 1:w.shape[1]], self.cfg.pad_id,
-                               self.cfg.smoothing)
+        # positions past the longest caption are padding everywhere: never decoded
+        n = min(int(mask.sum(1).max()), w.shape[1])
+        w, mask, labels = w[:, :n - 1], mask[:, :n - 1], tokens[:, 1:n]
+        if self.kind == "coca":
+            return caption_lm_loss(self.next_token_logits(w, mask, images), labels,
+                                   self.cfg.pad_id, self.cfg.smoothing)
+        real = labels != self.cfg.pad_id
+        if not bool(real.any()):
+            raise ValueError("every label is padding: no caption token to predict")
+        # the vocabulary head only where a label counts (as CaptionLmObjective)
+        hidden = self._decoder().decode(w, ~mask, images, self.decoder_parts)[real]
+        return F.cross_entropy(self.lm_head(hidden).float(), labels[real],
+                               label_smoothing=self.cfg.smoothing)
 
 
 def build(cfg: CaptionLmConfig, ctx: BuildContext) -> CaptionLmLoss:
