@@ -169,6 +169,13 @@ class StageConfig:
     momentum: float = attrs.field(default=0.9, validator=v.number(0, 1, hi_open=True))
     scheduler: Literal["none", "cosine", "multistep"] = "cosine"
     warmup_epochs: float = attrs.field(default=0.0, validator=_non_negative)
+    #: "linear": the lr rises from ~0 to ``lr`` over the warm-up; "constant": it stays at
+    #: ``warmup_lr`` (Dassl's ConstantWarmupScheduler, CoOp/CoCoOp/MaPLe configs: 1 epoch at
+    #: 1e-5), then the schedule starts from ``lr`` as if the warm-up had not been there
+    warmup: Literal["linear", "constant"] = "linear"
+    warmup_lr: float = attrs.field(default=1e-5, validator=_positive)
+    #: the schedule's clock: every optimizer step, or once per epoch (Dassl steps per epoch)
+    schedule_per: Literal["step", "epoch"] = "step"
     milestones: list[int] = attrs.field(factory=list, validator=[v.each(_non_negative),
                                                                  v.increasing])
     gamma: float = attrs.field(default=0.1, validator=v.number(0, 1, lo_open=True))

@@ -96,17 +96,30 @@ def build_optimizer(groups: list[dict], stage: StageConfig) -> torch.optim.Optim
 
 
 def lr_factor(step: int, stage: StageConfig, steps_per_epoch: int) -> float:
-    """The lr multiplier after ``step`` optimizer steps (the schedule is per step).
+    """The lr multiplier after ``step`` optimizer steps.
 
-    Linear warmup over ``warmup_epochs`` (may be fractional), then ``cosine`` to 0 over the
-    remaining steps, ``multistep`` (x ``gamma`` at each epoch in ``milestones``) or constant.
+    The clock ticks per step, or per epoch (``schedule_per = "epoch"``: ``step`` counts whole
+    epochs, as Dassl's schedulers). ``warmup = "linear"``: a ramp over ``warmup_epochs``
+    (may be fractional), then ``cosine`` to 0 over the remaining ticks. ``"constant"``: the
+    lr is ``warmup_lr`` over the warm-up, then the cosine runs over all ``epochs`` from its
+    start (Dassl's ConstantWarmupScheduler with WARMUP_RECOUNT: after a 1-epoch warm-up,
+    epoch e >= 1 gets ``0.5 (1 + cos(pi (e - 1) / epochs))``). ``multistep``: x ``gamma`` at
+    each epoch in ``milestones``; ``none``: constant.
     """
-    total = max(1, stage.epochs * steps_per_epoch)
-    warm = int(round(stage.warmup_epochs * steps_per_epoch))
-    if step < warm:
-        return (step + 1) / warm
+    per_epoch = stage.schedule_per == "epoch"
+    tick = step // max(1, steps_per_epoch) if per_epoch else step
+    unit = 1 if per_epoch else steps_per_epoch
+    total = max(1, stage.epochs * unit)
+    warm = int(round(stage.warmup_epochs * unit))
+    if tick < warm:
+        if stage.warmup == "constant":
+            return stage.warmup_lr / stage.lr
+        return (tick + 1) / warm
     if stage.scheduler == "cosine":
-        progress = (step - warm) / max(1, total - warm)
+        if stage.warmup == "constant":
+            progress = (tick - warm) / total
+        else:
+            progress = (tick - warm) / max(1, total - warm)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
     if stage.scheduler == "multistep":
         epoch = step // max(1, steps_per_epoch)
@@ -130,6 +143,9 @@ def check_stage(stage: StageConfig, *, file: str | None, key: str) -> None:
     if stage.optimizer != "sgd" and stage.momentum != 0.9:
         raise RecipeError(file, f"{key}.momentum",
                           f"stage '{stage.name}': momentum applies to optimizer = \"sgd\" only")
+    if stage.warmup == "constant" and stage.warmup_epochs <= 0:
+        raise RecipeError(file, f"{key}.warmup", f"stage '{stage.name}': warmup = "
+                          "\"constant\" needs warmup_epochs > 0 (Dassl's configs: 1)")
     if stage.scheduler != "multistep" and stage.gamma != 0.1:
         raise RecipeError(file, f"{key}.gamma", f"stage '{stage.name}': gamma applies to "
                           "scheduler = \"multistep\" only")

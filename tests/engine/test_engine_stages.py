@@ -11,7 +11,7 @@ from torch import nn
 import engine_standins as es
 from clapkit import hookimpl
 from clapkit.engine.runner import run_recipe
-from clapkit.engine.stages import (apply_freezing, build_optimizer, build_scheduler,
+from clapkit.engine.stages import (apply_freezing, build_optimizer, build_scheduler, check_stage,
                                    glob_matches, lr_factor, param_groups, select_parameters)
 from clapkit.errors import ClapkitError, RecipeError
 from clapkit.plugins import get_plugin_host
@@ -159,3 +159,26 @@ def test_bad_stage_keys_are_errors(tmp_path):
         run_recipe(path, overrides=es.base_overrides(tmp_path) + [
             "run.use_amp=true", 'run.amp_dtype="float16"', 'run.device="cpu"'],
             out_dir=tmp_path / "o3")
+
+
+def test_constant_warmup_per_epoch_equals_dassl():
+    """CoOp/CoCoOp/MaPLe's Dassl config: 1 warm-up epoch at a constant 1e-5, then torch's
+    CosineAnnealingLR(T_max = max_epoch) stepped once per epoch, starting from the base lr
+    (WARMUP_RECOUNT). Rebuilt with torch's scheduler and compared for every step."""
+    lr, epochs, steps = 2e-3, 5, 4
+    stage = StageConfig(name="s", train=["x"], epochs=epochs, lr=lr, optimizer="sgd",
+                        scheduler="cosine", warmup_epochs=1, warmup="constant",
+                        warmup_lr=1e-5, schedule_per="epoch")
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=lr)
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, float(epochs))
+    want = [1e-5]                                    # epoch 0: the constant warm-up
+    for _ in range(1, epochs):                       # epoch e: the cosine after e - 1 steps
+        want.append(opt.param_groups[0]["lr"])
+        cosine.step()
+    got = [lr * lr_factor(s, stage, steps) for s in range(epochs * steps)]
+    for s, g in enumerate(got):
+        assert g == pytest.approx(want[s // steps], rel=1e-12), s
+    with pytest.raises(RecipeError, match="warmup_epochs > 0"):
+        check_stage(StageConfig(name="s", train=["x"], warmup="constant"), file="r.toml",
+                    key="stages.0")
