@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import csv
 import io
-import json
-import math
 from pathlib import Path
-from typing import Any
 
 import attrs
 
 from .aggregate import read_aggregate
-from .runs import find_runs
+from .runs import _num, _read_json, find_runs, recipe_name
 
 FORMATS = ("markdown", "csv", "latex")
 #: (column title, summary key)
@@ -40,27 +37,6 @@ class ResultRow:
     #: the folder relative to the listed root ("." for the root itself): tells apart rows
     #: of one recipe run with different settings
     name: str = "."
-
-
-def _read(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-def _recipe_name(run: Path) -> str:
-    import tomllib
-    try:
-        return str(tomllib.loads((run / "recipe.toml").read_text(encoding="utf-8"))
-                   .get("run", {}).get("name", run.name))
-    except (OSError, ValueError):
-        return run.name
-
-
-def _num(v: Any) -> float | None:
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-    return float(v) if ok else None
 
 
 def _relative(folder: Path, root: Path) -> str:
@@ -93,12 +69,12 @@ def collect_results(root: Path) -> list[ResultRow]:
     for run in find_runs(root):
         if run.resolve() in covered:
             continue
-        summary = _read(run / "summary.json")
+        summary = _read_json(run / "summary.json")
         if summary is None:
             continue
         figs = {key: (float(summary[key]), None) for _, key in FIGURES
                 if _num(summary.get(key)) is not None}
-        rows.append(ResultRow(recipe=_recipe_name(run), folder=str(run), seeds=1,
+        rows.append(ResultRow(recipe=recipe_name(run, run.name), folder=str(run), seeds=1,
                               name=_relative(run, root),
                               backbone=str(summary.get("backbone") or "?"),
                               memory=summary.get("memory_size"), figures=figs))

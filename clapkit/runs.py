@@ -139,13 +139,18 @@ def _from_jsonl(path: Path) -> tuple[int, float | None, float | None, float | No
     return epochs, best, tw, tu
 
 
-def describe_run(run: Path, now: float | None = None) -> RunRow:
-    now = time.time() if now is None else now
+def recipe_name(run: Path, default: str = "?") -> str:
+    """``run.name`` of the run folder's resolved recipe (``default`` when unreadable)."""
     try:
         recipe = tomllib.loads((run / "recipe.toml").read_text(encoding="utf-8"))
-        name = str(recipe.get("run", {}).get("name", "?"))
+        return str(recipe.get("run", {}).get("name", default))
     except (OSError, ValueError):
-        name = "?"
+        return default
+
+
+def describe_run(run: Path, now: float | None = None) -> RunRow:
+    now = time.time() if now is None else now
+    name = recipe_name(run)
     summary = _read_json(run / "summary.json")
     epochs, best, tw, tu = _from_jsonl(run / "metrics.jsonl")
     if summary is not None:

@@ -96,3 +96,14 @@ def train_steps(prompt: torch.nn.Module, bb: OpenClipBackbone, images: torch.Ten
         total.backward()
         opt.step()
     return losses, acc
+
+
+def ref_encode(bb, emb: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """The reference prompt learners' ``TextEncoder.forward`` (CoOp, AttriCLIP):
+    positions, blocks, ln_final, the EOT row, projection."""
+    m = bb.model
+    x = emb + m.positional_embedding
+    for blk in m.transformer.resblocks:
+        x = blk(x, attn_mask=m.attn_mask)
+    x = m.ln_final(x)
+    return x[torch.arange(len(tokens)), tokens.argmax(-1)] @ m.text_projection

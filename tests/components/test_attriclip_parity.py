@@ -21,22 +21,12 @@ import torch.nn.functional as F
 
 from clapkit.interfaces import BuildContext, ImageInputs, StepContext
 from clapkit_plugins.prompts.attriclip import AttriClipConfig, build
-from prompt_fixtures import DEMO_CLASSES, MODELS, backbone, context
+from prompt_fixtures import DEMO_CLASSES, MODELS, backbone, context, ref_encode
 
 M, L, K, B = 6, 3, 2, 7
 
 
 # -- the reference, rebuilt ---------------------------------------------------------------
-
-def ref_encode(bb, emb: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """``TextEncoder.forward``: positions, blocks, ln_final, the EOT row, projection."""
-    m = bb.model
-    x = emb + m.positional_embedding
-    for blk in m.transformer.resblocks:
-        x = blk(x, attn_mask=m.attn_mask)
-    x = m.ln_final(x)
-    return x[torch.arange(len(tokens)), tokens.argmax(-1)] @ m.text_projection
-
 
 def ref_select(feat: torch.Tensor, text_key: torch.Tensor) -> torch.Tensor:
     f = feat / feat.norm(dim=-1, keepdim=True)

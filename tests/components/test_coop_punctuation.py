@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from clapkit_plugins.prompts.coop import CoOpConfig, build, layout_index
-from prompt_fixtures import MODELS, backbone, context
+from prompt_fixtures import MODELS, backbone, context, ref_encode
 
 CLASSES = ["jeep (car)", "solid circle", "mr. t", "car)"]
 N_CTX = 4
@@ -36,16 +36,6 @@ def ref_prompts(bb, ctx: torch.Tensor, names: list[str], position: str) -> torch
         else:
             rows.append(torch.cat([prefix[i], cls_i, ctx, suf_i]))
     return torch.stack(rows), tokens
-
-
-def ref_encode(bb, emb: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """CLIP's ``TextEncoder.forward``: positions, blocks, ln_final, EOT row, projection."""
-    m = bb.model
-    x = emb + m.positional_embedding
-    for blk in m.transformer.resblocks:
-        x = blk(x, attn_mask=m.attn_mask)
-    x = m.ln_final(x)
-    return x[torch.arange(len(tokens)), tokens.argmax(-1)] @ m.text_projection
 
 
 def test_the_reference_merges_the_closing_bracket_with_the_full_stop():

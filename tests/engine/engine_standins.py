@@ -309,3 +309,23 @@ def ddp_worker(rank: int, world_size: int, port: int, path: str, overrides: list
         run_recipe(path, overrides=overrides, out_dir=out_dir)
     finally:
         dist.destroy_process_group()
+
+
+# -- interruptions (resume tests) ----------------------------------------------------------
+
+class Crash(Exception):
+    pass
+
+
+class CrashAfter:
+    """Raises right after the n-th ``last.pt`` is written (a kill between epochs)."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.seen = n, 0
+
+    @hookimpl
+    def clapkit_checkpoint_saved(self, run, path):
+        if path.endswith("last.pt"):
+            self.seen += 1
+            if self.seen == self.n:
+                raise Crash(path)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from engine_standins import Crash, CrashAfter
 
-from clapkit import hookimpl
 from clapkit.aggregate import aggregate, parse_seeds
 from clapkit.data.demo import ensure_demo
 from clapkit.engine.best import selection_metric
@@ -98,24 +98,6 @@ def test_summary_holds_every_headline_figure(demo):
     per_task = [matrix["ood"][str(t)]["energy"]["auroc"] for t in range(2)]
     assert s["ood/energy/auroc"] == pytest.approx(sum(per_task) / 2)
     assert s["eval_noise"]["seed"] == 0 and s["eval_noise"]["num_samples"] == 4
-
-
-class Crash(Exception):
-    pass
-
-
-class CrashAfter:
-    """Raises right after the n-th ``last.pt`` is written (a kill between epochs)."""
-
-    def __init__(self, n: int) -> None:
-        self.n, self.seen = n, 0
-
-    @hookimpl
-    def clapkit_checkpoint_saved(self, run, path):
-        if path.endswith("last.pt"):
-            self.seen += 1
-            if self.seen == self.n:
-                raise Crash(path)
 
 
 @pytest.mark.parametrize("crash_after", [2, 6])   # before task 0 ends; task 1 ends

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import engine_standins as es
+from engine_standins import Crash, CrashAfter
 from clapkit import hookimpl
 from clapkit.engine import checkpoint as ckpt
 from clapkit.engine.runner import run_recipe
@@ -23,24 +24,6 @@ plugin = "jsonl"
 # cached views (epoch % 2), cosine warmup, AdamW moments
 OVERRIDES = ["adapters.frame.dropout=0.3", "run.mixup_alpha=0.4", "data.weighted_sampler=true", "cache.views=2",
              "data.train_counts=[8, 4, 6, 3]"]
-
-
-class Crash(Exception):
-    pass
-
-
-class CrashAfter:
-    """Raises right after the n-th ``last.pt`` is written (a kill between epochs)."""
-
-    def __init__(self, n: int) -> None:
-        self.n, self.seen = n, 0
-
-    @hookimpl
-    def clapkit_checkpoint_saved(self, run, path):
-        if path.endswith("last.pt"):
-            self.seen += 1
-            if self.seen == self.n:
-                raise Crash(path)
 
 
 def _final(out):
