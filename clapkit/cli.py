@@ -72,6 +72,11 @@ def recipe_group() -> None:
     """Check or print recipes."""
 
 
+_trust_option = click.option(
+    "--trust-run-code", "trust_code", is_flag=True,
+    help="Import the plugin modules the run folder's recipe names even when they are shipped "
+         "in the run folder (that runs their code; without it they are refused).")
+
 _set_option = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
                            help="Override a recipe key (TOML value syntax), e.g. run.seed=3.")
 
@@ -172,14 +177,15 @@ def run_cmd(file: Path, overrides: tuple[str, ...], out_dir: Path | None, resume
 @click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False),
               help="Folder for the JSON (run folder: the run; recipe: runs/<name>-eval).")
 @_set_option
+@_trust_option
 def eval_cmd(target: Path, checkpoint: str | None, split: str, out_dir: Path | None,
-             overrides: tuple[str, ...]) -> None:
+             overrides: tuple[str, ...], trust_code: bool) -> None:
     """Evaluate TARGET: a run folder (its recipe.toml and checkpoint) or a recipe file (the
     pipeline as built, e.g. zero-shot). Prints and writes top1/top5, WAR, UAR, per-class
     accuracy and the confusion matrix (RUN_DIR/eval-<ckpt>-<split>.json or OUT/eval.json)."""
     from .evaluation import eval_target, format_result
     result, dest = eval_target(target, host(), checkpoint=checkpoint, split=split,
-                               out=out_dir, overrides=overrides)
+                               out=out_dir, overrides=overrides, trust_code=trust_code)
     for line in format_result(result):
         click.echo(line)
     click.echo(f"written: {dest}")
@@ -215,17 +221,17 @@ def probe_cmd(recipe: Path, out_dir: Path | None, overrides: tuple[str, ...]) ->
 @click.option("--json", "json_out", type=click.Path(path_type=Path, dir_okay=False),
               help="Also write every probability to this JSON file.")
 @_set_option
+@_trust_option
 def predict_cmd(run_dir: Path, inputs: tuple[Path, ...], checkpoint: str | None, top: int,
-                json_out: Path | None, overrides: tuple[str, ...]) -> None:
+                json_out: Path | None, overrides: tuple[str, ...], trust_code: bool) -> None:
     """Predicted class and probabilities for each INPUT (video files, frame folders, images),
     through the run's eval transforms and face/context crops (faces detected)."""
     import json as _json
 
     from .atomic import atomic_write_text
-    from .evaluation import default_checkpoint, prepare, run_recipe_file
+    from .evaluation import default_checkpoint, load_run_recipe, prepare
     from .predict import format_predictions, predict
-    from .recipe import load_recipe
-    recipe = load_recipe(run_recipe_file(run_dir), host(), overrides)
+    recipe = load_run_recipe(run_dir, host(), overrides, trust_code=trust_code)
     checkpoint = checkpoint or default_checkpoint(run_dir)
     path = run_dir / "checkpoints" / f"{checkpoint}.pt"
     if not path.is_file():

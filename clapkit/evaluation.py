@@ -16,6 +16,7 @@ without items), ``confusion`` (rows = true class, columns = predicted, in ``clas
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,22 @@ def run_recipe_file(run_dir: Path) -> Path:
         raise ClapkitError(f"{run_dir} is not a run folder (it has no recipe.toml; a run "
                            "folder is what `clapkit run` writes, e.g. runs/<name>)")
     return run_dir / "recipe.toml"
+
+
+def load_run_recipe(run_dir: Path, host: PluginHost,
+                    overrides: tuple[str, ...] | list[str] = (), *,
+                    trust_code: bool = False) -> Recipe:
+    """The resolved recipe of the run folder ``run_dir``. Its ``plugins = [...]`` modules
+    are code: one that would be imported from the run folder itself (a ``.py`` shipped
+    with a downloaded run) is refused unless ``trust_code`` (``--trust-run-code``), which
+    also puts the folder on ``sys.path`` so the shipped modules import."""
+    file = run_recipe_file(run_dir)
+    if not trust_code:
+        return load_recipe(file, host, overrides, untrusted_dir=run_dir)
+    folder = str(run_dir.resolve())
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    return load_recipe(file, host, overrides)
 
 
 def prepare(recipe: Recipe, host: PluginHost, *, checkpoint: Path | None = None,
@@ -183,12 +200,14 @@ def evaluate_prepared(prep: Prepared, split: str) -> dict[str, Any]:
 
 def eval_target(target: Path, host: PluginHost, *, checkpoint: str | None = None,
                 split: str = "valid", out: Path | None = None,
-                overrides: tuple[str, ...] | list[str] = ()) -> tuple[dict[str, Any], Path]:
-    """Evaluate a run folder or a recipe file; returns the result and the JSON written."""
+                overrides: tuple[str, ...] | list[str] = (),
+                trust_code: bool = False) -> tuple[dict[str, Any], Path]:
+    """Evaluate a run folder or a recipe file; returns the result and the JSON written.
+    ``trust_code``: see :func:`load_run_recipe`."""
     if split not in SPLITS:
         raise ClapkitError(f"--split: '{split}' is not one of {', '.join(SPLITS)}")
     if target.is_dir():
-        recipe = load_recipe(run_recipe_file(target), host, overrides)
+        recipe = load_run_recipe(target, host, overrides, trust_code=trust_code)
         which = checkpoint or default_checkpoint(target)
         if which not in CHECKPOINTS:
             raise ClapkitError(f"--checkpoint: '{which}' is not one of {', '.join(CHECKPOINTS)}")

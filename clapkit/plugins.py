@@ -12,11 +12,13 @@ distribution but clapkit itself), like pytest's ``PYTEST_DISABLE_PLUGIN_AUTOLOAD
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import importlib.metadata as md
 import logging
 import os
 import sys
 import traceback
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -130,12 +132,19 @@ class PluginHost:
                 continue
             self.add_plugin(obj, ep.name, dist, version)
 
-    def load_module(self, dotted: str, source: str = "recipe") -> None:
+    def load_module(self, dotted: str, source: str = "recipe",
+                    untrusted_dir: Path | None = None) -> None:
         """Load a plugin module named in a recipe's ``plugins = [...]`` list (or given to
         ``pytest --clapkit-plugin``). A module already loaded through its entry point is
-        not loaded twice."""
+        not loaded twice.
+
+        ``untrusted_dir`` is a run folder whose recipe named the module: a module that would
+        be imported from inside it (a ``.py`` shipped with a downloaded run) is refused, as
+        importing it runs its code (see :func:`refuse_untrusted_module`)."""
         if dotted in self.plugins:
             return
+        if untrusted_dir is not None:
+            refuse_untrusted_module(dotted, untrusted_dir, source)
         try:
             obj = importlib.import_module(dotted)
         except ModuleNotFoundError as exc:
@@ -231,6 +240,59 @@ class PluginHost:
     def unregister_listener(self, obj: Any) -> None:
         if self.pm.is_registered(obj):
             self.pm.unregister(obj)
+
+
+#: the opt-in that lets a run folder's recipe import plugin modules shipped in the folder
+TRUST_OPTION = "--trust-run-code"
+
+
+def module_origin(dotted: str) -> Path | None:
+    """The file or package folder the top-level package of ``dotted`` would be imported
+    from, found on ``sys.path`` without importing anything (None: not found, or built in)."""
+    top = dotted.split(".")[0]
+    loaded = sys.modules.get(top)
+    if loaded is not None:
+        where = getattr(loaded, "__file__", None)
+        return Path(where).resolve() if where else None
+    try:
+        spec = importlib.machinery.PathFinder.find_spec(top)
+    except (ImportError, ValueError):
+        return None
+    if spec is None:
+        return None
+    if spec.origin and spec.origin not in ("built-in", "frozen"):
+        return Path(spec.origin).resolve()
+    locations = list(spec.submodule_search_locations or [])
+    return Path(locations[0]).resolve() if locations else None
+
+
+def shipped_in(dotted: str, folder: Path) -> Path | None:
+    """The module file or package of ``dotted``'s top-level name inside ``folder``, if the
+    folder ships one (whether or not it is on ``sys.path``)."""
+    top = dotted.split(".")[0]
+    for candidate in (folder / f"{top}.py", folder / top):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def refuse_untrusted_module(dotted: str, run_dir: Path, source: str) -> None:
+    """Raise when the plugin module ``dotted``, named by the recipe of the run folder
+    ``run_dir``, would be imported from that folder, or is shipped in it: a run folder is
+    data someone may have sent, and importing its code needs the explicit opt-in
+    (:data:`TRUST_OPTION`). The message suggests no ``PYTHONPATH``, which would run it."""
+    folder = run_dir.resolve()
+    origin = module_origin(dotted)
+    if origin is not None:
+        shipped = origin if origin.is_relative_to(folder) else None
+    else:                   # not importable as things stand: is it shipped in the folder?
+        shipped = shipped_in(dotted, folder)
+    if shipped is None:
+        return
+    raise ClapkitError(
+        f"{source}: plugin module '{dotted}' would be imported from the run folder "
+        f"({shipped}); a run folder's recipe is not trusted to run code, so clapkit does not "
+        f"import it. Read that code first; to run it, pass {TRUST_OPTION}")
 
 
 def _norm(name: str) -> str:

@@ -166,7 +166,7 @@ def read_raw(path: str | Path, _chain: tuple[Path, ...] = ()) -> tuple[dict[str,
         raise RecipeError(where or shown, "extends" if where else None,
                           f"recipe file not found: {path}")
     try:
-        table = tomllib.loads(path.read_text(encoding="utf-8"))
+        table = parse_toml(path.read_text(encoding="utf-8"), shown)
     except tomllib.TOMLDecodeError as exc:
         raise RecipeError(shown, None, f"not valid TOML: {exc}") from None
     except UnicodeDecodeError as exc:
@@ -189,6 +189,39 @@ def read_raw(path: str | Path, _chain: tuple[Path, ...] = ()) -> tuple[dict[str,
     merged = merge_recipe(base, table, base_prov)
     base_prov.update(prov)
     return merged, base_prov
+
+
+#: how deep arrays and tables may nest in a recipe (the deepest real key, a stage's
+#: ``params`` list or a dataset's ``names`` table, is 4 levels down)
+MAX_NESTING = 32
+
+
+def parse_toml(text: str, shown: str, key: str | None = None) -> dict[str, Any]:
+    """``tomllib.loads(text)``, refusing values nested deeper than :data:`MAX_NESTING` with
+    a one-line :class:`RecipeError` at ``shown`` (``key``) instead of the parser's or the
+    validator's RecursionError."""
+    try:
+        table = tomllib.loads(text)
+    except RecursionError:
+        table = None
+    if table is None or nesting_depth(table) > MAX_NESTING:
+        raise RecipeError(shown, key, f"arrays or tables nest deeper than {MAX_NESTING} "
+                          "levels; no recipe key takes that")
+    return table
+
+
+def nesting_depth(value: Any) -> int:
+    """How many arrays/tables deep ``value`` goes (a scalar: 0), without recursion."""
+    deepest, todo = 0, [(value, 0)]
+    while todo:
+        node, depth = todo.pop()
+        if isinstance(node, (dict, list)):
+            depth += 1
+            deepest = max(deepest, depth)
+            if depth > MAX_NESTING:      # deep enough to refuse: no need to look further
+                return depth
+            todo.extend((v, depth) for v in (node.values() if isinstance(node, dict) else node))
+    return deepest
 
 
 def _stamp(table: dict[str, Any], prefix: tuple[str, ...], file: str, prov: Provenance) -> None:
@@ -317,8 +350,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     parts = [p.strip() for p in key.strip().split(".")]
     if not all(parts):
         raise RecipeError("--set", key, "empty part in dotted key")
+    if len(parts) > MAX_NESTING:
+        raise RecipeError("--set", key, f"more than {MAX_NESTING} dotted parts")
     try:
-        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+        value = parse_toml(f"v = {raw.strip()}", "--set", key.strip())["v"]
     except tomllib.TOMLDecodeError:
         value = raw.strip()
     return parts, value
@@ -417,15 +452,19 @@ def _resolved_config(config: Any, kind: str) -> Any:
 # --- validation ---------------------------------------------------------------------------
 
 def load_recipe(path: str | Path, host: PluginHost,
-                overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
-    """Read, merge, override and validate a recipe; plugins it names are loaded into host."""
+                overrides: list[str] | tuple[str, ...] = (), *,
+                untrusted_dir: Path | None = None) -> Recipe:
+    """Read, merge, override and validate a recipe; plugins it names are loaded into host.
+
+    ``untrusted_dir``: the run folder the recipe came from; plugin modules that would be
+    imported from inside it are refused (:func:`clapkit.plugins.refuse_untrusted_module`)."""
     table, prov = read_raw(path)
     table = apply_overrides(table, prov, overrides)
-    return validate(table, prov, host, str(path))
+    return validate(table, prov, host, str(path), untrusted_dir=untrusted_dir)
 
 
 def validate(table: dict[str, Any], prov: Provenance, host: PluginHost,
-             file: str) -> Recipe:
+             file: str, untrusted_dir: Path | None = None) -> Recipe:
     def where(*key: str) -> str:
         for n in range(len(key), 0, -1):
             if key[:n] in prov:
@@ -443,7 +482,8 @@ def validate(table: dict[str, Any], prov: Provenance, host: PluginHost,
     if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
         raise RecipeError(where("plugins"), "plugins", "expected a list of module names")
     for mod in plugins:
-        host.load_module(mod, source=f"{where('plugins')}: plugins")
+        host.load_module(mod, source=f"{where('plugins')}: plugins",
+                         untrusted_dir=untrusted_dir)
 
     plain = {k: structure(cls, table.get(k, {}), file=where_dotted, key=k)
              for k, cls in PLAIN_SECTIONS.items()}
