@@ -19,6 +19,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 import attrs
 
 from .errors import RecipeError
+from .validators import MAX_INT
 
 
 def field_names(cls: type) -> list[str]:
@@ -130,6 +131,9 @@ def convert(tp: Any, value: Any, *, file: FileOf, key: str, finite: bool = True)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise RecipeError(_at(file, key), key, f"expected an integer, got {value!r}")
+        if abs(value) > MAX_INT:
+            raise RecipeError(_at(file, key), key, f"integer {value} is out of range "
+                              f"(at most 2**53 = {MAX_INT} in magnitude)")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):

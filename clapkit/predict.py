@@ -21,9 +21,17 @@ from .data.base import ItemRef
 from .data.sampling import segment_indices
 from .data.sources import ClipSource, ImageSource
 from .data.video import (IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, list_frames, read_clip,
-                         resolve_clip)
+                         read_image, resolve_clip)
 from .errors import ClapkitError
 from .evaluation import Prepared, _step_config
+
+
+def refuse_special_file(path: Path) -> None:
+    """An input must be a regular file or a folder: reading a FIFO, socket or device blocks
+    or never ends, so ``predict`` refuses it before opening anything."""
+    if not path.is_file() and not path.is_dir():
+        raise ClapkitError(f"input {path}: not a regular file or folder (a FIFO, socket or "
+                           "device); give a video, an image or a frame folder")
 
 
 def expand_inputs(paths: Sequence[Path], source: Any) -> list[Path]:
@@ -36,6 +44,7 @@ def expand_inputs(paths: Sequence[Path], source: Any) -> list[Path]:
                 p = resolve_clip(p)          # name.avi for a frame folder "name", as lists do
             except ClapkitError:
                 raise ClapkitError(f"input {p} does not exist") from None
+        refuse_special_file(p)
         if p.is_dir() and isinstance(source, ImageSource):
             files = list_frames(p)
             if not files:
@@ -83,12 +92,7 @@ class _Inputs(torch.utils.data.Dataset):
             ref = ItemRef(id=path.name, label=0, path=str(path), boxes=boxes)
             frames = src.load(ref, False, random.Random(i))
         elif isinstance(src, ImageSource):
-            from PIL import Image
-            try:
-                with Image.open(path) as im:
-                    frames = {"image": [im.convert("RGB")]}
-            except OSError as exc:
-                raise ClapkitError(f"cannot read image {path}: {exc}") from None
+            frames = {"image": [read_image(path)]}
         else:
             raise ClapkitError(f"predict reads inputs for face/context clip datasets and image "
                                f"datasets; the run's dataset '{self.prep.recipe.data.plugin}' "

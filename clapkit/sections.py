@@ -51,8 +51,9 @@ class NoKeys:
 class DataKeys:
     """Loader options of ``[data]`` (the dataset plugin's options sit beside them)."""
 
-    batch_size: int = attrs.field(default=32, validator=_positive)
-    eval_batch_size: int | None = attrs.field(default=None, validator=v.positive(optional=True))
+    batch_size: int = attrs.field(default=32, validator=v.size(v.MAX_BATCH))
+    eval_batch_size: int | None = attrs.field(default=None,
+                                              validator=v.size(v.MAX_BATCH, optional=True))
     # clamped to the CPUs available (with a warning)
     num_workers: int = attrs.field(default=0, converter=_bounded_workers,
                                    validator=_non_negative)
@@ -151,7 +152,8 @@ class ScenarioConfig:
 
 @attrs.frozen
 class MemoryConfig:
-    size: int = attrs.field(default=0, validator=_non_negative)   # exemplars kept in total
+    # exemplars kept in total (each one a stored item)
+    size: int = attrs.field(default=0, validator=v.size(10_000_000, lo=0))
 
 
 @attrs.frozen
@@ -217,5 +219,6 @@ class CacheConfig:
     # augmented views per train item; 1 = train on the eval-transform features (one cache
     # per split), K > 1 = K train-mode views (random frames + train transform), epoch e
     # reads view e % K
-    views: int = attrs.field(default=1, validator=_positive)
-    batch_size: int = attrs.field(default=64, validator=_positive)
+    # each view is one more pass over the train split written to the cache
+    views: int = attrs.field(default=1, validator=v.size(1_000))
+    batch_size: int = attrs.field(default=64, validator=v.size(v.MAX_BATCH))

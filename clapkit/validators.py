@@ -65,6 +65,33 @@ def number(lo: float | None = None, hi: float | None = None, *, lo_open: bool = 
     return Range(lo, hi, lo_open, hi_open, optional)
 
 
+#: the largest batch size any recipe key takes (a batch of 65,536 CLIP images is ~40 GB)
+MAX_BATCH = 65_536
+
+#: the largest integer a recipe takes anywhere (:func:`clapkit.config.convert`): beyond it
+#: no count, size or step is meant, and torch and numpy refuse integers above 2**63 - 1
+MAX_INT = 2**53
+
+
+@attrs.frozen(repr=False)
+class Size(Range):
+    """An integer count in ``[lo, hi]`` (see :func:`size`); the message gives both ends."""
+
+    def __call__(self, inst: Any, attr: attrs.Attribute, value: Any) -> None:
+        if value is None and self.optional:
+            return
+        if not self.ok(value) or not isinstance(value, int):
+            raise ValueError(f"{attr.name} must be an integer from {self.lo} to {self.hi} "
+                             f"(its bound), got {value!r}")
+
+
+def size(hi: int, lo: int = 1, *, optional: bool = False) -> Size:
+    """A count or size in ``[lo, hi]``: every option that sets how much is allocated, built
+    or written (heads, depth, context tokens, views, batch sizes) names its ceiling, so a
+    typo such as ``heads = 1000000`` is refused instead of taking the machine's memory."""
+    return Size(lo, hi, optional=optional)
+
+
 def positive(optional: bool = False) -> Range:
     return Range(0, None, lo_open=True, optional=optional)
 

@@ -7,7 +7,7 @@ from typing import Literal
 
 import attrs
 
-from ..validators import number
+from ..validators import number, size
 
 
 @attrs.frozen
@@ -26,13 +26,14 @@ class ProbeConfig:
 
     c_min: float = attrs.field(default=1e-6, validator=number(0, None, lo_open=True))
     c_max: float = attrs.field(default=1e6, validator=number(0, None, lo_open=True))
-    grid: int = attrs.field(default=13, validator=attrs.validators.ge(2))
+    # C values tried, each one L-BFGS fit
+    grid: int = attrs.field(default=13, validator=size(1_000, lo=2))
     valid: Literal["auto", "split", "holdout"] = attrs.field(
         default="auto", validator=attrs.validators.in_(("auto", "split", "holdout")))
     valid_fraction: float = attrs.field(default=0.2, validator=number(0, 1, lo_open=True,
                                                                        hi_open=True))
     standardize: bool = True
-    max_iter: int = attrs.field(default=500, validator=attrs.validators.gt(0))
+    max_iter: int = attrs.field(default=500, validator=size(1_000_000))
 
     def __attrs_post_init__(self) -> None:
         if self.c_min >= self.c_max:

@@ -24,11 +24,12 @@ import attrs
 from PIL import Image
 
 from ..errors import ClapkitError
+from ..validators import size
 from .base import DatasetSource, ItemRef, file_identity
 from .boxes import (Box, BoxIndex, BoxReport, box_for_frame, clip_box, crop, frame_boxes,
                     letterbox)
 from .sampling import segment_indices
-from .video import read_clip, resolve_clip
+from .video import read_clip, read_image, resolve_clip
 
 log = logging.getLogger("clapkit.data")
 
@@ -69,7 +70,7 @@ class ClipConfig:
     side; ``strict_boxes``: a missing face box is an error instead of that fallback.
     """
 
-    num_frames: int = attrs.field(default=16, validator=_v.ge(1))
+    num_frames: int = attrs.field(default=16, validator=size(1_024))   # per item, per stream
     crop_body: bool = False
     box_margin: float = attrs.field(default=0.15, validator=[_v.ge(0.0), _v.le(2.0)])
     fallback_scale: float = attrs.field(default=0.7, validator=[_v.gt(0.0), _v.le(1.0)])
@@ -215,11 +216,7 @@ class ImageSource(DatasetSource):
         return {"image": [self.image(ref)]}
 
     def image(self, ref: ItemRef) -> Image.Image:
-        try:
-            with Image.open(ref.path) as im:
-                return im.convert("RGB")
-        except (FileNotFoundError, OSError) as exc:
-            raise ClapkitError(f"cannot read image {ref.path}: {exc}") from None
+        return read_image(ref.path)
 
 
 def check_split(source: DatasetSource, split: str) -> None:

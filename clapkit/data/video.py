@@ -11,6 +11,8 @@ A clip on disk is one of
 from __future__ import annotations
 
 import re
+import struct
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -51,6 +53,32 @@ def resolve_clip(path: Path) -> Path:
                        f"of the same name without extension, and {'/'.join(VIDEO_EXTENSIONS)})")
 
 
+#: what PIL raises on a truncated, corrupt or hostile file besides OSError (its
+#: UnidentifiedImageError is one): bad header fields, short reads, decompression bombs
+_BAD_IMAGE = (OSError, ValueError, SyntaxError, EOFError, MemoryError, struct.error,
+              Image.DecompressionBombError, Image.DecompressionBombWarning)
+
+
+def read_image(path: Path | str) -> Image.Image:
+    """The image at ``path`` as RGB with its pixels read in, or a :class:`ClapkitError`
+    naming the file: not a regular file (a FIFO would block the reader forever), empty,
+    not an image PIL reads, corrupt, or larger than PIL's decompression-bomb limit
+    (``Image.MAX_IMAGE_PIXELS``, which here refuses instead of warning)."""
+    path = Path(path)
+    if not path.is_file():
+        what = "does not exist" if not path.exists() else "is not a regular file"
+        raise ClapkitError(f"cannot read image {path}: it {what}")
+    if path.stat().st_size == 0:
+        raise ClapkitError(f"cannot read image {path}: the file is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                return im.convert("RGB")     # convert() also reads the pixels in
+    except _BAD_IMAGE as exc:
+        raise ClapkitError(f"cannot read image {path}: {type(exc).__name__}: {exc}") from None
+
+
 def _to_rgb(im: Image.Image) -> Image.Image:
     return im if im.mode == "RGB" else im.convert("RGB")
 
@@ -68,12 +96,10 @@ def read_clip(path: Path, choose: Callable[[int], Sequence[int]],
         idx = [min(max(int(i), 0), len(files) - 1) for i in choose(len(files))]
         cache: dict[int, Image.Image] = {}
         for i in set(idx):
-            with Image.open(files[i]) as im:
-                cache[i] = im.convert("RGB")  # convert() also reads the pixels in
+            cache[i] = read_image(files[i])
         return [cache[i] for i in idx], [files[i].name for i in idx]
     if path.suffix.lower() in IMAGE_EXTENSIONS:
-        with Image.open(path) as im:
-            img = im.convert("RGB")
+        img = read_image(path)
         idx = list(choose(1))
         return [img] * len(idx), [path.name] * len(idx)
     return _read_video(path, choose, num_frames_hint)

@@ -13,6 +13,7 @@ from torch import nn
 
 from clapkit import hookimpl
 from clapkit.interfaces import Adapter, BuildContext
+from clapkit.validators import size
 
 
 @attrs.frozen
@@ -20,7 +21,7 @@ class ClipAdapterConfig:
     """``reduction``: bottleneck D -> D/reduction -> D; ``ratio``: weight of the adapted
     features in the residual blend (CLIP-Adapter's alpha)."""
 
-    reduction: int = attrs.field(default=4, validator=attrs.validators.gt(0))
+    reduction: int = attrs.field(default=4, validator=size(1_024))
     ratio: float = attrs.field(default=0.2, validator=[attrs.validators.ge(0.0),
                                                        attrs.validators.le(1.0)])
 

@@ -18,6 +18,7 @@ from torch import nn
 
 from clapkit import hookimpl
 from clapkit.interfaces import Adapter, BuildContext
+from clapkit.validators import size
 
 
 @attrs.frozen
@@ -27,7 +28,7 @@ class EAAConfig:
     init when residual); ``final_act``: ReLU after the up projection (the reference has it);
     ``bias``: biases in the two linear layers (the reference has none)."""
 
-    reduction: int = attrs.field(default=4, validator=attrs.validators.gt(0))
+    reduction: int = attrs.field(default=4, validator=size(1_024))
     residual: bool = True
     ratio: float = attrs.field(default=1.0, validator=attrs.validators.ge(0.0))
     zero_init: bool | None = None      # default: true when residual, false otherwise

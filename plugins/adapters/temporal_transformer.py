@@ -17,8 +17,12 @@ from torch import nn
 
 from clapkit import hookimpl
 from clapkit.interfaces import Adapter, BuildContext
+from clapkit.validators import number, size
 
 _pos = attrs.validators.gt(0)
+
+#: the widest attention (heads x dim_head) the adapter builds: 8x a ViT-L/14 block's 1,024
+MAX_WIDTH = 8_192
 
 
 @attrs.frozen
@@ -27,14 +31,19 @@ class TemporalTransformerConfig:
     ``dim_head``: attention width; ``mlp_ratio``: MLP hidden = ratio * D (CLIP-CAER: 1024 for
     D = 512); ``dropout``; ``init_std``: std of the CLS token and positional embeddings."""
 
-    max_frames: int = attrs.field(default=16, validator=_pos)
-    depth: int = attrs.field(default=1, validator=_pos)
-    heads: int = attrs.field(default=8, validator=_pos)
-    dim_head: int = attrs.field(default=64, validator=_pos)
-    mlp_ratio: float = attrs.field(default=2.0, validator=_pos)
+    max_frames: int = attrs.field(default=16, validator=size(4_096))
+    depth: int = attrs.field(default=1, validator=size(48))
+    heads: int = attrs.field(default=8, validator=size(128))
+    dim_head: int = attrs.field(default=64, validator=size(512))
+    mlp_ratio: float = attrs.field(default=2.0, validator=number(0, 16, lo_open=True))
     dropout: float = attrs.field(default=0.1, validator=[attrs.validators.ge(0.0),
                                                          attrs.validators.lt(1.0)])
     init_std: float = attrs.field(default=0.02, validator=_pos)
+
+    def __attrs_post_init__(self) -> None:
+        if self.heads * self.dim_head > MAX_WIDTH:      # each bound alone allows 65,536
+            raise ValueError(f"heads x dim_head must be at most {MAX_WIDTH} (the attention "
+                             f"width), got {self.heads} x {self.dim_head}")
 
 
 class Block(nn.Module):

@@ -40,6 +40,7 @@ from clapkit import hookimpl
 from clapkit.errors import ClapkitError
 from clapkit.functional import mixup_mean, view_or_text
 from clapkit.interfaces import BuildContext, Loss
+from clapkit.validators import size
 
 
 @attrs.frozen
@@ -49,7 +50,7 @@ class MoCoRankConfig:
     or "momentum" (what is enqueued); ``mask_same_class``: ignore queue entries of the label's class;
     ``dim``: feature size (0 = the backbone's embed_dim)."""
 
-    queue_size: int = attrs.field(default=4096, validator=attrs.validators.gt(0))
+    queue_size: int = attrs.field(default=4096, validator=size(2**20))
     momentum: float = attrs.field(default=0.999, validator=[attrs.validators.ge(0.0),
                                                            attrs.validators.le(1.0)])
     temperature: float = attrs.field(default=0.07, validator=attrs.validators.gt(0))
@@ -57,7 +58,7 @@ class MoCoRankConfig:
     keys: Literal["momentum", "text"] = attrs.field(
         default="text", validator=attrs.validators.in_(("momentum", "text")))
     mask_same_class: bool = True
-    dim: int = attrs.field(default=0, validator=attrs.validators.ge(0))
+    dim: int = attrs.field(default=0, validator=size(65_536, lo=0))
 
 
 def gather_all(keys: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -38,6 +38,7 @@ from clapkit import hookimpl
 from clapkit.interfaces import Backbone, BuildContext, ImageInputs, PromptOutput, StepContext
 from clapkit.text_prompts import (TemplatePrompt, as_image_inputs, image_condition,
                                   placeholder_prefix, prompt_inputs, prompt_template)
+from clapkit.validators import size
 
 
 @attrs.frozen
@@ -49,9 +50,9 @@ class AttriClipConfig:
     or ``cosine``; ``order``: the selected prompts concatenated by ``rank`` or in ``bank``
     order; ``names``: class name texts."""
 
-    bank_size: int = attrs.field(default=10, validator=attrs.validators.gt(0))
-    prompt_length: int = attrs.field(default=12, validator=attrs.validators.gt(0))
-    top_k: int = attrs.field(default=3, validator=attrs.validators.ge(0))
+    bank_size: int = attrs.field(default=10, validator=size(10_000))
+    prompt_length: int = attrs.field(default=12, validator=size(75))  # 77-token context
+    top_k: int = attrs.field(default=3, validator=size(10_000, lo=0))
     init_std: float = attrs.field(default=0.02, validator=attrs.validators.gt(0))
     condition: str = attrs.field(default="raw", validator=attrs.validators.in_(("raw", "z")))
     match: Literal["dot", "cosine"] = attrs.field(

@@ -25,6 +25,7 @@ from clapkit.interfaces import Backbone, BuildContext, ImageInputs, PromptOutput
 from clapkit.text_prompts import (TemplatePrompt, as_image_inputs, context_init,
                                   image_condition, placeholder_prefix, prompt_inputs,
                                   prompt_template)
+from clapkit.validators import size
 
 
 @attrs.frozen
@@ -35,11 +36,10 @@ class CoCoOpConfig:
     feature drives the meta-net (``raw`` CLIP feature or the adapted ``z``); ``names``: text
     used for a class name."""
 
-    n_ctx: int | None = attrs.field(default=None, validator=attrs.validators.optional(
-        attrs.validators.gt(0)))
+    n_ctx: int | None = attrs.field(default=None, validator=size(75, optional=True))  # CLIP's text context: 77 tokens
     init: str = "a photo of a"
     init_std: float = attrs.field(default=0.02, validator=attrs.validators.gt(0))
-    hidden_ratio: int = attrs.field(default=16, validator=attrs.validators.gt(0))
+    hidden_ratio: int = attrs.field(default=16, validator=size(1_024))
     condition: Literal["raw", "z"] = attrs.field(
         default="raw", validator=attrs.validators.in_(("raw", "z")))
     names: dict[str, str] = attrs.field(factory=dict)

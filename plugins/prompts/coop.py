@@ -37,6 +37,7 @@ from clapkit.interfaces import (Backbone, BuildContext, ImageInputs, PromptOutpu
                                 StepContext)
 from clapkit.text_prompts import (TemplatePrompt, context_init, placeholder_prefix, prompt_inputs,
                                   prompt_template)
+from clapkit.validators import size
 
 
 @attrs.frozen
@@ -46,8 +47,7 @@ class CoOpConfig:
     ``class_specific``: one context per class (CSC); ``position``: where the class name sits;
     ``names``: text used for a class name (``{raw_name = "text"}``)."""
 
-    n_ctx: int | None = attrs.field(default=None, validator=attrs.validators.optional(
-        attrs.validators.gt(0)))
+    n_ctx: int | None = attrs.field(default=None, validator=size(75, optional=True))  # CLIP's text context: 77 tokens
     init: str = ""
     class_specific: bool = False
     position: Literal["end", "middle", "front"] = attrs.field(

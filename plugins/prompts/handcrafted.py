@@ -25,6 +25,7 @@ from clapkit.interfaces import (Backbone, BuildContext, ImageInputs, Prompt, Pro
                                 StepContext)
 from clapkit.text_prompts import (TEMPLATE_SETS, TemplateChoice, check_templates,
                                   read_template_file, template_set_ok)
+from clapkit.validators import MAX_BATCH, size
 
 __all__ = ["TEMPLATE_SETS", "read_template_file", "HandcraftedConfig", "HandcraftedPrompt",
            "build", "class_sentences", "encode_sentences"]
@@ -59,7 +60,7 @@ class HandcraftedConfig(TemplateChoice):
     with_templates: bool = False
     names: dict[str, str] = attrs.field(factory=dict)
     renormalize: bool = True
-    batch_size: int = attrs.field(default=256, validator=attrs.validators.gt(0))
+    batch_size: int = attrs.field(default=256, validator=size(MAX_BATCH))
     template_set: str = attrs.field(default="", validator=template_set_ok)
 
 

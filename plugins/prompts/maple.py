@@ -40,6 +40,7 @@ from clapkit.errors import ClapkitError
 from clapkit.interfaces import Backbone, BuildContext, ImageInputs, PromptOutput, StepContext
 from clapkit.text_prompts import (TemplatePrompt, phrase_tokens, placeholder_prefix,
                                   prompt_inputs, prompt_template)
+from clapkit.validators import size
 
 
 @attrs.frozen
@@ -51,8 +52,8 @@ class MapleConfig:
     layers' text->vision projections start as copies of one layer (``cloned``, as the
     reference) or independently initialised (``independent``); ``names``: class name texts."""
 
-    n_ctx: int = attrs.field(default=2, validator=attrs.validators.gt(0))
-    depth: int = attrs.field(default=9, validator=attrs.validators.gt(0))
+    n_ctx: int = attrs.field(default=2, validator=size(75))  # CLIP's text context: 77 tokens
+    depth: int = attrs.field(default=9, validator=size(64))   # at most the encoders' layers
     ctx_init: str = "a photo of a"
     init_std: float = attrs.field(default=0.02, validator=attrs.validators.gt(0))
     deep_proj_init: Literal["cloned", "independent"] = attrs.field(

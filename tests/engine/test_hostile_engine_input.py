@@ -1,0 +1,165 @@
+"""Hostile and broken input that needs a trained run (issue 18, case 3): broken images and
+frames given to ``clapkit predict`` or met during training end in one line naming the file
+(exit 2), never a traceback or a hang."""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clapkit.cli import main
+from clapkit.data.video import read_clip, read_image
+from clapkit.engine.runner import run_recipe
+from clapkit.errors import ClapkitError
+
+RECIPE = '''
+[run]
+name = "hostile"
+progress = false
+
+[data]
+plugin = "imagefolder"
+root = "{root}"
+batch_size = 4
+
+[backbone]
+plugin = "open_clip"
+model = "clapkit-tiny"
+
+[prompts.desc]
+plugin = "handcrafted"
+
+[adapters.a]
+plugin = "clip_adapter"
+
+[head]
+plugin = "cosine"
+
+[losses.cls]
+plugin = "cross_entropy"
+
+[cache]
+enabled = "off"
+
+[[stages]]
+name = "all"
+train = ["adapters.*"]
+epochs = 1
+'''
+
+
+def _png(path: Path, value: int = 128, size: int = 8) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((size, size, 3), value, np.uint8)).save(path)
+    return path
+
+
+def _image_folder(root: Path) -> Path:
+    for split in ("train", "val"):
+        for c, cls in enumerate(("cat", "dog")):
+            for i in range(2):
+                _png(root / split / cls / f"{i}.png", 60 + 120 * c + i)
+    return root
+
+
+def _bomb(path: Path, side: int = 20_000) -> Path:
+    """A small PNG whose header claims ``side`` x ``side`` pixels (400 M: past PIL's
+    decompression-bomb limit), its IHDR checksum fixed so PIL reads the header."""
+    _png(path)
+    data = bytearray(path.read_bytes())
+    start = data.index(b"IHDR")
+    data[start + 4:start + 12] = struct.pack(">II", side, side)
+    crc = zlib.crc32(bytes(data[start:start + 17])) & 0xFFFFFFFF
+    data[start + 17:start + 21] = struct.pack(">I", crc)
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("hostile")
+    root = _image_folder(tmp / "data")
+    recipe = tmp / "recipe.toml"
+    recipe.write_text(RECIPE.format(root=root))
+    run_recipe(recipe, out_dir=tmp / "run")
+    return tmp / "run"
+
+
+def _predict(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as code:
+        main(["predict", *args])
+    return code.value.code, capsys.readouterr().err
+
+
+def _written(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+BROKEN = {
+    "empty": lambda p: _written(p, b""),
+    "not-an-image": lambda p: _written(p, b"this is no PNG\n"),
+    "truncated": lambda p: _written(p, _png(p).read_bytes()[:40]),
+    "bomb-20000x20000": _bomb,
+}
+
+
+@pytest.mark.parametrize("kind", BROKEN)
+def test_predict_on_a_broken_image_names_it(run_dir, tmp_path, kind, capsys):
+    bad = BROKEN[kind](tmp_path / "in.png")
+    rc, err = _predict([str(run_dir), str(bad)], capsys)
+    assert rc == 2, err
+    assert err.strip().splitlines() == [err.strip()] and "Traceback" not in err
+    assert f"cannot read image {bad}" in err
+
+
+def test_predict_on_a_folder_with_a_corrupt_image_names_it(run_dir, tmp_path, capsys):
+    _png(tmp_path / "frames" / "1.png")
+    (tmp_path / "frames" / "2.png").write_bytes(b"\x89PNG junk")
+    rc, err = _predict([str(run_dir), str(tmp_path / "frames")], capsys)
+    assert rc == 2 and f"cannot read image {tmp_path / 'frames' / '2.png'}" in err
+
+
+def test_predict_refuses_a_fifo_instead_of_hanging(run_dir, tmp_path, capsys):
+    fifo = tmp_path / "in.png"
+    os.mkfifo(fifo)
+    rc, err = _predict([str(run_dir), str(fifo)], capsys)     # would block on open()
+    assert rc == 2 and "not a regular file or folder" in err and str(fifo) in err
+
+
+def test_predict_still_works_on_a_good_image(run_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit) as code:
+        main(["predict", str(run_dir), str(_png(tmp_path / "ok.png", 70))])
+    assert code.value.code == 0 and "ok.png" in capsys.readouterr().out
+
+
+def test_a_corrupt_frame_in_a_frame_folder_is_named(tmp_path):
+    clip = tmp_path / "clip"
+    for i in range(3):
+        _png(clip / f"{i}.png", 40 * i)
+    (clip / "1.png").write_bytes(b"")
+    with pytest.raises(ClapkitError, match=r"cannot read image .*1\.png: the file is empty"):
+        read_clip(clip, lambda n: list(range(n)))
+    frames, names = read_clip(clip, lambda n: [0, 2])       # the others still read
+    assert names == ["0.png", "2.png"] and frames[0].size == (8, 8)
+    with pytest.raises(ClapkitError, match="DecompressionBomb"):
+        read_image(_bomb(tmp_path / "bomb.png"))
+
+
+def test_training_on_a_corrupt_image_stops_with_its_name(tmp_path, capsys):
+    root = _image_folder(tmp_path / "data")
+    bad = root / "train" / "dog" / "1.png"
+    bad.write_bytes(b"GIF89a but not really")
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(RECIPE.format(root=root))
+    with pytest.raises(SystemExit) as code:
+        main(["run", str(recipe), "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code.value.code == 2 and f"cannot read image {bad}" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
