@@ -109,11 +109,11 @@ def prepare(recipe: Recipe, host: PluginHost, *, checkpoint: Path | None = None,
     if checkpoint is not None:
         from .engine import checkpoint as ckpt
         state = ckpt.load(checkpoint)
+        task = ckpt.checkpoint_task(state, sc.num_tasks, str(checkpoint))
         position = dict(state.get("position") or {})
-        task = int(position.get("task", 0))
         trained_backbone = bool(state.get("backbone_trained", False))
         replay_growth(pipeline, sc, task)
-        ckpt.load_model_state(pipeline, state["model"], where=str(checkpoint))
+        ckpt.load_model_state(pipeline, state.get("model"), where=str(checkpoint))
     else:
         replay_growth(pipeline, sc, task)
     pipeline.to(device)

@@ -93,12 +93,39 @@ def model_state(model: nn.Module, include_backbone: bool) -> dict[str, torch.Ten
 
 def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], *,
                      where: str = "checkpoint") -> None:
+    """Load ``state`` into ``model``; a checkpoint of another model (other keys, or tensors
+    of other shapes, e.g. another recipe's ``best.pt``) is a one-line error."""
+    if not isinstance(state, dict):
+        raise ClapkitError(f"{where} is not a clapkit checkpoint (its model state is "
+                           f"{type(state).__name__}, not a table of tensors)")
+    own = model.state_dict()
+    wrong = [k for k, v in state.items()
+             if k in own and (not torch.is_tensor(v) or v.shape != own[k].shape)]
+    if wrong:
+        k = wrong[0]
+        got = tuple(state[k].shape) if torch.is_tensor(state[k]) else type(state[k]).__name__
+        raise ClapkitError(f"{where} does not fit this recipe's model ({len(wrong)} tensor(s) "
+                           f"of another shape, e.g. {k}: {got} in the checkpoint, "
+                           f"{tuple(own[k].shape)} in the model): it was saved by another "
+                           "recipe")
     result = model.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if not k.startswith("backbone.")]
     if missing or result.unexpected_keys:
         bad = (missing or result.unexpected_keys)[:3]
         raise ClapkitError(f"{where} does not fit this recipe's model "
                            f"({'missing' if missing else 'unexpected'} keys: {', '.join(bad)})")
+
+
+def checkpoint_task(state: dict[str, Any], num_tasks: int, where: str) -> int:
+    """The task a checkpoint's weights have seen (its ``position``), checked against the
+    recipe's ``num_tasks``: a checkpoint of another scenario is a one-line error, not an
+    IndexError while the per-task modules are grown."""
+    position = state.get("position") or {}
+    task = position.get("task", 0) if isinstance(position, dict) else None
+    if isinstance(task, bool) or not isinstance(task, int) or not 0 <= task < num_tasks:
+        raise ClapkitError(f"{where} was saved at task {task!r}, but this recipe's scenario "
+                           f"has tasks 0..{num_tasks - 1}: it belongs to another recipe")
+    return task
 
 
 # --- RNG (tensors, ints and lists only: weights_only-loadable) ----------------------------

@@ -163,3 +163,40 @@ def test_training_on_a_corrupt_image_stops_with_its_name(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code.value.code == 2 and f"cannot read image {bad}" in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def _copy_run(run_dir: Path, dest: Path) -> Path:
+    import shutil
+    shutil.copytree(run_dir, dest, ignore=shutil.ignore_patterns("*.lock", ".lock*"))
+    return dest
+
+
+def _eval(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as code:
+        main(["eval", *args])
+    return code.value.code, capsys.readouterr().err
+
+
+def test_eval_with_the_best_pt_of_another_recipe(run_dir, tmp_path, capsys):
+    other = _copy_run(run_dir, tmp_path / "other")
+    recipe = other / "recipe.toml"
+    text = recipe.read_text()
+    assert text.count("reduction = 4") == 1          # the resolved clip_adapter options
+    recipe.write_text(text.replace("reduction = 4", "reduction = 2"))
+    rc, err = _eval([str(other)], capsys)
+    assert rc == 2 and "does not fit this recipe's model" in err and "another shape" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_eval_with_a_checkpoint_of_another_scenario(run_dir, tmp_path, capsys):
+    """A best.pt saved at task 7 (an incremental run of another recipe) was an IndexError."""
+    import torch
+
+    from clapkit.engine import checkpoint as ckpt
+    other = _copy_run(run_dir, tmp_path / "other")
+    best = other / "checkpoints" / "best.pt"
+    state = ckpt.load(best)
+    state["position"] = {**(state.get("position") or {}), "task": 7}
+    torch.save(state, best)
+    rc, err = _eval([str(other)], capsys)
+    assert rc == 2 and "was saved at task 7" in err and "tasks 0..0" in err, err
