@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -197,3 +198,142 @@ def test_deeply_nested_override_is_one_line(capsys):
     rc, err = _main_exit(["recipe", "check", "--static", str(STAGED), "--set",
                           ".".join(["a"] * 3000) + "=1"], capsys)
     assert rc == 2 and "more than 32 dotted parts" in err
+
+
+# --- case 3 (and 8): clapkit runs on junk run folders; eval and incremental figures ----------
+
+GOOD_SUMMARY = '{"epochs": 4, "best/valid_uar": 0.625, "best/test_war": 0.5, ' \
+    '"best/test_uar": 0.4}'
+JUNK: dict[str, dict[str, str | bytes | None]] = {
+    # folder name -> files (None: a folder of that name; bytes: raw content)
+    "empty-summary": {"summary.json": ""},
+    "non-json-summary": {"summary.json": "{not json"},
+    "list-summary": {"summary.json": "[1, 2, 3]"},
+    "wrong-types": {"summary.json": '{"epochs": "ten", "best/valid_uar": "high", '
+                                    '"last_acc": [1], "avg_incremental_acc": {}}'},
+    "infinite-epochs": {"summary.json": '{"epochs": Infinity, "best/valid_uar": NaN}'},
+    "summary-is-a-folder": {"summary.json": None, "metrics.jsonl": ""},
+    "bad-jsonl": {"metrics.jsonl": '[1]\n"x"\n{"event": "epoch_end", "metrics": [1]}\n'
+                                   '{"event": "task_end", "metrics": {"test/war": "x"}}\n'},
+    "jsonl-is-a-folder": {"metrics.jsonl": None},
+    "checkpoints-is-a-file": {"checkpoints": "not a folder"},
+    "recipe-not-toml": {"recipe.toml": "[[[", "summary.json": GOOD_SUMMARY},
+    "recipe-run-is-a-string": {"recipe.toml": 'run = "x"\n', "summary.json": GOOD_SUMMARY},
+    "recipe-deep": {"recipe.toml": "x = " + "[" * 3000 + "]" * 3000 + "\n",
+                    "summary.json": GOOD_SUMMARY},
+    "recipe-not-utf8": {"recipe.toml": b"\xff\xfe[run]\n", "metrics.jsonl": b"\xff\xfe\n"},
+    "no-recipe": {"recipe.toml": "DELETE", "summary.json": GOOD_SUMMARY},
+    "dangling-summary-link": {"summary.json": "LINK:missing-target.json"},
+}
+
+
+def _write_run(folder: Path, files: dict[str, str | bytes | None]) -> None:
+    folder.mkdir(parents=True)
+    (folder / "recipe.toml").write_text(f'[run]\nname = "{folder.name}"\n')
+    for name, content in files.items():
+        path = folder / name
+        if content is None:
+            path.mkdir(exist_ok=True)
+        elif content == "DELETE":
+            path.unlink()
+        elif isinstance(content, str) and content.startswith("LINK:"):
+            path.symlink_to(folder / content[5:])
+        elif isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content)
+
+
+@pytest.fixture
+def junk_runs(tmp_path) -> Path:
+    root = tmp_path / "runs"
+    _write_run(root / "good", {"summary.json": GOOD_SUMMARY,
+                               "eval-best-test.json": '{"war": 0.75, "uar": 0.7}',
+                               "eval-last-valid.json": "[]"})      # a junk eval file: skipped
+    _write_run(root / "incremental", {"summary.json": '{"epochs": 6, "last_acc": 0.42, '
+                                                      '"avg_incremental_acc": 0.55}'})
+    for name, files in JUNK.items():
+        _write_run(root / name, files)
+    old = time.time() - 3600             # files that stopped changing: no run is writing them
+    for path in root.rglob("*"):
+        if not path.is_symlink():
+            os.utime(path, (old, old))
+    return root
+
+
+def test_runs_lists_good_runs_and_marks_junk_ones(junk_runs, capsys):
+    with pytest.raises(SystemExit) as code:
+        main(["runs", str(junk_runs)])
+    out, err = capsys.readouterr()
+    assert code.value.code == 0 and "Traceback" not in err, err
+    lines = {line.split()[0]: line for line in out.splitlines()[1:]}
+    assert set(lines) == {str(junk_runs / n) for n in ("good", "incremental", *JUNK)}
+    good = lines[str(junk_runs / "good")]
+    assert " done " in good and "62.5" in good and "50.0/40.0" in good
+    assert "best-test 75.0/70.0" in good                    # the figures clapkit eval wrote
+    assert "last-valid" not in good
+    inc = lines[str(junk_runs / "incremental")]
+    assert "42.0/55.0" in inc                               # last / average accuracy
+    for name in JUNK:
+        if name in ("bad-jsonl", "jsonl-is-a-folder", "checkpoints-is-a-file",
+                    "infinite-epochs", "wrong-types", "recipe-run-is-a-string"):
+            continue           # readable where it matters; junk values show as "-"
+        assert " damaged " in lines[str(junk_runs / name)], (name, lines[str(junk_runs / name)])
+    assert "  ?  " in lines[str(junk_runs / "recipe-run-is-a-string")]   # name unknown
+    assert "summary.json is empty" in lines[str(junk_runs / "empty-summary")]
+    assert "summary.json holds a list" in lines[str(junk_runs / "list-summary")]
+    assert "recipe.toml missing" in lines[str(junk_runs / "no-recipe")]
+    assert "recipe.toml is not valid TOML" in lines[str(junk_runs / "recipe-deep")]
+    assert "summary.json unreadable" in lines[str(junk_runs / "dangling-summary-link")]
+
+
+def test_results_table_survives_junk_run_folders(junk_runs, capsys):
+    with pytest.raises(SystemExit) as code:
+        main(["runs", str(junk_runs), "--format", "markdown"])
+    out, err = capsys.readouterr()
+    assert code.value.code == 0 and "Traceback" not in err, err
+    assert "incremental" in out and "42.0" in out
+
+
+def test_incremental_confusion_figures_show_only_the_seen_classes(tmp_path, monkeypatch):
+    """Case 8: after task 0 of 3 (2 of 6 classes seen) the confusion figures are 2x2."""
+    from types import SimpleNamespace
+
+    import clapkit_plugins.loggers.plots as plots
+    from clapkit.interfaces import BuildContext
+    from clapkit.plugins import get_plugin_host
+
+    drawn: list[tuple[list[list[int]], list[str] | None, str]] = []
+    monkeypatch.setattr(plots, "plot_confusion",
+                        lambda conf, names, path, **kw: drawn.append((conf, names, path.name)))
+    entry = get_plugin_host(autoload_third_party=False).registries.logger.get("plots")
+    logger = entry.factory(entry.config_cls(), BuildContext())
+    run = SimpleNamespace(out_dir=tmp_path / "run", recipe=SimpleNamespace(
+        run=SimpleNamespace(name="inc"), stages=[]), rank=0,
+        class_names=[f"c{i}" for i in range(6)], num_tasks=3,
+        task_classes=[[0, 1], [2, 3], [4, 5]])
+    full = [[i * 6 + j for j in range(6)] for i in range(6)]
+    logger.clapkit_epoch_end(run=run, task=0, stage="s", epoch=0,
+                             metrics={"valid/confusion": full, "valid/uar": 0.5})
+    logger.clapkit_task_end(run=run, task=1, metrics={"valid/confusion": full})
+    assert [(len(c), len(c[0]), n, f) for c, n, f in drawn] == [
+        (2, 2, ["c0", "c1"], "confusion_best_t0.png"),
+        (4, 4, ["c0", "c1", "c2", "c3"], "confusion_final_t1.png")]
+    assert drawn[0][0] == [[0, 1], [6, 7]]
+
+
+# --- case 4: metrics only inside the run folder ------------------------------------------------
+
+@pytest.mark.parametrize("where", ["/tmp/elsewhere", "../..", "logs/../../x", "~/x", "C:/x"])
+@pytest.mark.parametrize("plugin,key", [("jsonl", "dir"), ("plots", "subdir"),
+                                        ("tensorboard", "subdir")])
+def test_logger_folders_outside_the_run_are_refused(tmp_path, plugin, key, where, capsys):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f'extends = "{STAGED}"\n[log.{plugin}]\nplugin = "{plugin}"\n'
+                      f'{key} = "{where}"\n')
+    rc, err = _main_exit(["recipe", "check", "--static", str(recipe)], capsys)
+    if where == "~/x":            # a folder named "~" inside the run folder: allowed
+        assert rc == 0, err
+        return
+    assert rc == 2 and f"log.{plugin}.{key}" in err and "inside the run folder" in err, err
+    assert len(err.strip().splitlines()) == 1
