@@ -337,3 +337,63 @@ def test_logger_folders_outside_the_run_are_refused(tmp_path, plugin, key, where
         return
     assert rc == 2 and f"log.{plugin}.{key}" in err and "inside the run folder" in err, err
     assert len(err.strip().splitlines()) == 1
+
+
+# --- case 5: frames overwritten in place change the dataset fingerprint ------------------------
+
+def test_a_frame_overwritten_in_place_changes_the_fingerprint(tmp_path):
+    from PIL import Image
+
+    from clapkit.data.base import file_identity
+
+    clip = tmp_path / "clip"
+    clip.mkdir()
+    for i in range(3):
+        Image.new("RGB", (8, 8), (10 * i, 0, 0)).save(clip / f"{i}.png")
+    folder_stat = os.stat(clip)
+    before = file_identity(clip)
+    # same name, same entry count; the folder's mtime is put back as it was
+    Image.new("RGB", (8, 8), (255, 255, 255)).save(clip / "1.png")
+    os.utime(clip / "1.png", ns=(folder_stat.st_atime_ns, folder_stat.st_mtime_ns + 12345))
+    os.utime(clip, ns=(folder_stat.st_atime_ns, folder_stat.st_mtime_ns))
+    after = file_identity(clip)
+    assert before.split(":")[:3] == after.split(":")[:3]    # what the old identity compared
+    assert after != before
+    assert file_identity(clip) == after                     # stable while nothing changes
+
+
+def test_the_dataset_fingerprint_follows_an_overwritten_frame(tmp_path):
+    """The fingerprint the feature cache keys on (DatasetSource.fingerprint) changes when a
+    frame of a frame-folder item is overwritten in place: no stale cached features."""
+    from PIL import Image
+
+    from clapkit.data.base import DatasetSource, ItemRef
+
+    clips = []
+    for c in range(2):
+        clip = tmp_path / f"clip{c}"
+        clip.mkdir()
+        for i in range(3):
+            Image.new("RGB", (8, 8), (c * 100, i, 0)).save(clip / f"{i}.png")
+        clips.append(clip)
+
+    class Frames(DatasetSource):
+        classes, streams, num_frames = ["a", "b"], ("image",), 3
+
+        def splits(self) -> list[str]:
+            return ["train"]
+
+        def refs(self, split: str) -> list[ItemRef]:
+            return [ItemRef(id=p.name, label=c, path=str(p)) for c, p in enumerate(clips)]
+
+        def load(self, ref, train, rng):  # never called here
+            raise AssertionError
+
+    src = Frames()
+    before = src.fingerprint("train")
+    assert src.fingerprint("train") == before
+    frame, folder = clips[1] / "2.png", clips[1]
+    st = os.stat(folder)
+    frame.write_bytes(frame.read_bytes() + b"\0")           # overwritten in place
+    os.utime(folder, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert src.fingerprint("train") != before

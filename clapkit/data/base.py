@@ -130,8 +130,9 @@ class DatasetSource(ABC):
 
     def media_identity(self, ref: ItemRef) -> str:
         """Size and modification time of the file behind ``ref.path`` (a frame folder: its
-        mtime and number of entries; no such path: ``"-"``). Costs one ``stat`` per item;
-        a plugin whose items are not files overrides it."""
+        mtime, number of entries and a digest of their sizes and mtimes; no such path:
+        ``"-"``). Costs one ``stat`` per file; a plugin whose items are not files overrides
+        it."""
         return file_identity(ref.path)
 
     def describe(self) -> dict[str, Any]:
@@ -147,18 +148,36 @@ class DatasetSource(ABC):
 
 
 def file_identity(path: str | os.PathLike) -> str:
-    """``size:mtime_ns`` of a file, ``dir:mtime_ns:entries`` of a folder, ``-`` if absent."""
+    """``size:mtime_ns`` of a file, ``dir:mtime_ns:entries:digest`` of a folder, ``-`` if
+    absent. A frame folder's digest covers the name, size and mtime of every entry
+    (:func:`entries_digest`): a frame overwritten in place changes neither the folder's
+    mtime nor its entry count, but it changes this."""
     try:
         st = os.stat(path)
     except (OSError, ValueError):
         return "-"
     if stat.S_ISDIR(st.st_mode):
-        try:
-            n = sum(1 for _ in os.scandir(path))
-        except OSError:
-            n = -1
-        return f"dir:{st.st_mtime_ns}:{n}"
+        n, digest = entries_digest(path)
+        return f"dir:{st.st_mtime_ns}:{n}:{digest}"
     return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def entries_digest(folder: str | os.PathLike) -> tuple[int, str]:
+    """``(entries, digest)`` of a folder: sha256 over each entry's name, size and
+    ``mtime_ns`` in name order (one ``stat`` per entry, no file read); ``(-1, "-")`` when
+    the folder cannot be listed."""
+    h = hashlib.sha256()
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError:
+        return -1, "-"
+    for e in entries:
+        try:
+            st = e.stat()
+            h.update(f"{e.name}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{e.name}\t-\n".encode())
+    return len(entries), h.hexdigest()[:16]
 
 
 def classes_without_items(source: DatasetSource, split: str) -> list[str]:
