@@ -397,3 +397,45 @@ def test_the_dataset_fingerprint_follows_an_overwritten_frame(tmp_path):
     frame.write_bytes(frame.read_bytes() + b"\0")           # overwritten in place
     os.utime(folder, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert src.fingerprint("train") != before
+
+
+# --- case 6: a held cache lock says who holds it and how long the build waits ------------------
+
+def test_a_cache_lock_of_a_live_process_is_reported_not_waited_on_silently(tmp_path, caplog):
+    import logging
+    import socket
+
+    from clapkit.cache.lock import BuildLock
+    from clapkit.errors import ClapkitError
+
+    target = tmp_path / "feat.h5"
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock = BuildLock(target, timeout=0.4, poll=0.05)
+        lock.path.write_text(f"{holder.pid} {socket.gethostname()} {time.time() - 90:.0f}\n")
+        with caplog.at_level(logging.WARNING, logger="clapkit.cache.lock"), \
+                pytest.raises(ClapkitError, match=f"held by another builder \\(pid {holder.pid}"):
+            lock.acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    said = [r.getMessage() for r in caplog.records if "cache lock" in r.getMessage()]
+    assert len(said) == 1                                  # once, when the wait starts
+    assert f"pid {holder.pid} (alive) on this host" in said[0]
+    assert "for 9" in said[0] and "waiting up to 0.4 s" in said[0]
+    assert lock.path.read_text().split()[0] == str(holder.pid)     # not taken away
+
+
+def test_a_cache_lock_naming_another_host_says_so(tmp_path, caplog):
+    import logging
+
+    from clapkit.cache.lock import BuildLock
+    from clapkit.errors import ClapkitError
+
+    lock = BuildLock(tmp_path / "feat.h5", timeout=0.2, poll=0.05)
+    lock.path.write_text("4242 some-other-node 0\n")
+    with caplog.at_level(logging.WARNING, logger="clapkit.cache.lock"), \
+            pytest.raises(ClapkitError, match="pid 4242 on some-other-node"):
+        lock.acquire()
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "host some-other-node (another machine" in said and "waiting up to" in said

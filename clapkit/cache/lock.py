@@ -6,6 +6,7 @@ process that died on this host is detected (its pid is gone) and removed.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
@@ -14,6 +15,8 @@ from types import TracebackType
 
 from ..atomic import pid_alive
 from ..errors import ClapkitError
+
+log = logging.getLogger(__name__)
 
 
 class BuildLock:
@@ -44,6 +47,8 @@ class BuildLock:
                     except FileNotFoundError:
                         pass
                     continue
+                if not self.waited:
+                    log.warning("%s", self.waiting_message())
                 if time.monotonic() >= deadline:
                     raise ClapkitError(
                         f"cache lock {self.path} is held by another builder "
@@ -62,6 +67,32 @@ class BuildLock:
             return f"pid {pid} on {host}"
         except (OSError, ValueError):
             return "unknown holder"
+
+    def waiting_message(self) -> str:
+        """Who holds the lock, since when, whether it is known to be alive, and how long this
+        builder waits: said once when a build starts to wait, instead of waiting silently."""
+        try:
+            fields = self.path.read_text().split()
+        except OSError:
+            fields = []
+        pid, host = (fields + ["?", "?"])[:2]
+        since = ""
+        if len(fields) > 2:
+            try:
+                since = f", for {max(0.0, time.time() - float(fields[2])):.0f} s"
+            except ValueError:
+                pass
+        if host == socket.gethostname():
+            alive = " (alive)" if pid.isdigit() and pid_alive(int(pid)) else ""
+            who = f"pid {pid}{alive} on this host"
+        elif host == "?":
+            who = "a builder that has not written its name yet"
+        else:
+            who = (f"pid {pid} on host {host} (another machine: clapkit cannot tell whether "
+                   "it runs)")
+        return (f"cache lock {self.path} is held by {who}{since}; waiting up to "
+                f"{self.timeout:g} s for it, then stopping; remove the file if no builder "
+                "is running")
 
     def release(self) -> None:
         try:
