@@ -29,6 +29,7 @@ from ..data.base import ClipDataset, DatasetSource
 from ..atomic import publish
 from ..errors import ClapkitError
 from ..interfaces import Backbone
+from ..report import progress_off
 from . import store
 from .lock import BuildLock
 from .store import CacheKey
@@ -143,7 +144,7 @@ def _encode_into(backbone: Backbone, dataset: ClipDataset,
         was_training = backbone.training
         backbone.eval()
         try:
-            with tqdm(total=n, initial=done, desc=desc, unit="item", disable=not opts.progress,
+            with tqdm(total=n, initial=done, desc=desc, unit="item", disable=progress_off(opts.progress),
                       leave=False) as bar:
                 start = done
                 for batch in loader:

@@ -70,6 +70,7 @@ def detect_faces(dataset_root: str, dataset: str, out: str | None, splits: tuple
     the dataset reads (needs: pip install 'clapkit[faces]')."""
     from tqdm import tqdm
 
+    from ..report import progress_off
     from .faces import HaarFaceDetector, detect_dataset_faces, write_box_file
 
     detector = HaarFaceDetector()  # fails early, before any listing, without OpenCV
@@ -79,7 +80,8 @@ def detect_faces(dataset_root: str, dataset: str, out: str | None, splits: tuple
         target = Path(dataset_root) / f"{dataset}_faces.json"
     table, found, total = detect_dataset_faces(
         source, splits or None, detector, frames,
-        progress=lambda it: tqdm(list(it), desc="faces", unit="item"))
+        progress=lambda it: tqdm(list(it), desc="faces", unit="item",
+                                 disable=progress_off(True)))
     write_box_file(table, Path(target), force=force)
     click.echo(f"{dataset}: a face in {found} of {total} items; wrote {target}")
     if out or getattr(source, "face_file", None) is None:

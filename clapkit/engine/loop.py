@@ -22,6 +22,7 @@ from tqdm import tqdm
 from ..errors import ClapkitError
 from ..interfaces import StepContext
 from ..metrics import ClassificationMeter
+from ..report import progress_off
 from .distributed import DistInfo, all_reduce_sum
 from .guard import check_grad_norm, check_loss
 
@@ -176,7 +177,7 @@ def eval_generator(cfg: StepConfig, info: DistInfo) -> torch.Generator:
 
 def _bar(loader: Iterable, cfg: StepConfig, info: DistInfo) -> Any:
     return tqdm(loader, desc=cfg.desc, leave=False, dynamic_ncols=True,
-                disable=not cfg.progress or not info.is_main)
+                disable=progress_off(cfg.progress and info.is_main))
 
 
 class TrainStep(nn.Module):

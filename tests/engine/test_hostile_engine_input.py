@@ -200,3 +200,36 @@ def test_eval_with_a_checkpoint_of_another_scenario(run_dir, tmp_path, capsys):
     torch.save(state, best)
     rc, err = _eval([str(other)], capsys)
     assert rc == 2 and "was saved at task 7" in err and "tasks 0..0" in err, err
+
+
+# --- case 7: no progress-bar flood in a log file -------------------------------------------------
+
+def test_progress_bars_only_on_a_terminal():
+    import io
+
+    from clapkit.report import progress_off
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    assert progress_off(True, Tty()) is False
+    assert progress_off(True, io.StringIO()) is True       # a log file or a pipe
+    assert progress_off(False, Tty()) is True              # run.progress = false
+
+
+def test_a_run_logged_to_a_file_writes_no_progress_updates(tmp_path):
+    """``clapkit run ... 2> log``: stderr is no terminal, so no tqdm bar updates in it."""
+    import subprocess
+    import sys
+    root = _image_folder(tmp_path / "data")
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(RECIPE.format(root=root).replace("progress = false", "progress = true")
+                      .replace('enabled = "off"', f'enabled = "on"\ndir = "{tmp_path / "c"}"'))
+    with open(tmp_path / "log", "w") as log:
+        res = subprocess.run([sys.executable, "-m", "clapkit", "run", str(recipe), "--out",
+                              str(tmp_path / "run")], stdout=log, stderr=subprocess.STDOUT,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    text = (tmp_path / "log").read_text()
+    assert res.returncode == 0, text
+    assert "it/s" not in text and "item/s" not in text and "\r" not in text, text
