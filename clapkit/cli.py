@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from . import __version__
-from .errors import ClapkitError
+from .errors import ClapkitError, user_message
 from .plugins import PluginHost, default_host
 from .registry import KINDS
 
@@ -309,7 +309,7 @@ def main(argv: list[str] | None = None) -> None:
     except ClapkitError as exc:
         if debug:
             raise
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {user_message(exc)}", err=True)
         sys.exit(2)
     except OSError as exc:        # a path the user gave that the system refuses: one line
         if debug:

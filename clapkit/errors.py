@@ -14,6 +14,18 @@ class ClapkitError(Exception):
     """A failure caused by the user's input (recipe, data, plugin) rather than by clapkit."""
 
 
+def user_message(exc: ClapkitError) -> str:
+    """The line the CLI prints for ``exc``. A ClapkitError raised in a DataLoader worker
+    (``data.num_workers > 0``, e.g. a corrupt frame) comes back re-raised by torch with the
+    worker's traceback in its message; the user gets the original one line instead."""
+    text = str(exc)
+    if text.startswith("Caught ") and "\nOriginal Traceback" in text:
+        last = text.rstrip().splitlines()[-1]
+        _, sep, message = last.partition(": ")
+        return f"{message} (in a data loader worker)" if sep else last
+    return text
+
+
 class RecipeError(ClapkitError):
     """A recipe problem, located by file and dotted key."""
 

@@ -152,12 +152,16 @@ def test_a_corrupt_frame_in_a_frame_folder_is_named(tmp_path):
         read_image(_bomb(tmp_path / "bomb.png"))
 
 
-def test_training_on_a_corrupt_image_stops_with_its_name(tmp_path, capsys):
+@pytest.mark.parametrize("workers", [0, 1], ids=["in-process", "loader-worker"])
+def test_training_on_a_corrupt_image_stops_with_its_name(tmp_path, workers, capsys):
+    """With workers, torch re-raises the error with the worker's traceback in its message:
+    the CLI still prints the original line."""
     root = _image_folder(tmp_path / "data")
     bad = root / "train" / "dog" / "1.png"
     bad.write_bytes(b"GIF89a but not really")
     recipe = tmp_path / "recipe.toml"
-    recipe.write_text(RECIPE.format(root=root))
+    recipe.write_text(RECIPE.format(root=root).replace(
+        "batch_size = 4", f"batch_size = 4\nnum_workers = {workers}"))
     with pytest.raises(SystemExit) as code:
         main(["run", str(recipe), "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err
