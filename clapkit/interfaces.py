@@ -83,6 +83,11 @@ class StepContext:
     #: in ``clapkit eval`` and after a resume; draw eval-time noise with
     #: :func:`clapkit.functional.step_randn`. None at train time (the run's seeded RNG).
     generator: torch.Generator | None = None
+    #: training only, from task 1 on, for a text adapter with ``reads_previous_input``: its
+    #: input ``[..., C_old, D]`` (the classes of the earlier tasks) as the text adapters
+    #: before it computed it at the end of the previous task (their frozen snapshot, run on
+    #: this batch) -- what a distillation term compares the present with.
+    previous_input: torch.Tensor | None = None
 
     def seen(self, num_classes: int) -> int:
         return num_classes if self.seen_classes is None else int(self.seen_classes)
@@ -341,9 +346,16 @@ class Adapter(Component):
     fusion: ``{stream: [B,D]} -> [B,D]``;
     text:   ``forward(text [C,D] | [B,C,D], z [B,D], step: StepContext)`` ->
             :class:`TextAdapterOutput`.
+
+    ``reads_previous_input`` (text adapters; a class or instance attribute): the pipeline
+    then keeps, at the start of every task after the first, a frozen snapshot of the text
+    adapters before this one, and at train time hands this adapter ``step.previous_input``
+    (see :class:`StepContext`): distilling from the previous task's model needs the input
+    that model would have produced, not the present one.
     """
 
     place: ClassVar[str] = "image"
+    reads_previous_input: bool = False
 
 
 @attrs.define

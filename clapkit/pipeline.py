@@ -26,6 +26,7 @@ from .errors import ClapkitError
 from .interfaces import (Adapter, Backbone, BuildContext, Component, Head, HeadOutput,
                          ImageInputs, Loss, Prompt, Router, StepContext, TaskView)
 from .shapes import check_shape
+from .snapshot import frozen_copy
 from .recipe import ComponentSpec, Recipe
 from .sections import LossKeys
 
@@ -66,6 +67,10 @@ class Pipeline(nn.Module):
         self.image_prompt: str | None = encoders[0] if encoders else None
         #: set by the engine while a stage trains the text tower: prompts refresh each step
         self.refresh_each_step = False
+        #: frozen copy of the text adapters before the first ``reads_previous_input`` one, as
+        #: they were at the end of the previous task (buffers: saved, never trained)
+        self.text_snapshot: nn.ModuleDict | None = None
+        self._snapshot_task = 0
 
     # -- structure ---------------------------------------------------------------------------
 
@@ -203,6 +208,9 @@ class Pipeline(nn.Module):
             if self.router is not None:
                 step = attrs.evolve(step, allocation=self.router(z, step))
             for name, ta in text_adapters:
+                if getattr(ta, "reads_previous_input", False):
+                    step = attrs.evolve(step, previous_input=self._previous_input(
+                        views[self.head_view], z, step))
                 res = ta(text, z, step)
                 text = self._check(res.text, [*([c, d] for c in cs),
                                               *([("B", None), c, d] for c in cs),
@@ -243,9 +251,42 @@ class Pipeline(nn.Module):
             p.refresh()
 
     def on_task_start(self, task: int, seen_classes: int) -> None:
-        """Every component's ``on_task_start`` (growth happens here)."""
+        """Every component's ``on_task_start`` (growth happens here), after the snapshot of
+        the text adapters a ``reads_previous_input`` adapter needs (the previous task's)."""
+        self._snapshot_text_chain(task)
         for _, comp in self.components():
             comp.on_task_start(task, seen_classes)
+
+    def _snapshot_text_chain(self, task: int) -> None:
+        chain = self._adapters_at("text")
+        first = next((i for i, (_, m) in enumerate(chain)
+                      if getattr(m, "reads_previous_input", False)), None)
+        if first is None or task == 0 or task <= self._snapshot_task:
+            return
+        self.text_snapshot = nn.ModuleDict({n: frozen_copy(m) for n, m in chain[:first]})
+        self._snapshot_task = task
+
+    def _previous_input(self, text: torch.Tensor, z: torch.Tensor, step: StepContext
+                        ) -> torch.Tensor | None:
+        """The snapshot chain on ``text`` for the classes of the tasks before ``step.task``
+        (as the previous task saw them: its seen classes, its task tokens); None at eval
+        time, in the first task, or before any snapshot."""
+        toc = step.task_of_class
+        if not step.training or step.task == 0 or toc is None or self._snapshot_task == 0:
+            return None
+        n_old = int((toc < step.task).sum())
+        if n_old == 0:
+            return None
+        prev = attrs.evolve(step, task=step.task - 1, seen_classes=n_old, allocation=None,
+                            queries=None, previous_input=None)
+        x = text
+        with torch.no_grad():
+            for name, ta in (self.text_snapshot or {}).items():
+                res = ta(x, z, prev)
+                x = res.text
+                if res.queries is not None:
+                    prev = attrs.evolve(prev, queries=res.queries)
+        return x[..., :n_old, :]
 
     def on_task_end(self, task: int, view: TaskView) -> None:
         for _, comp in self.components():

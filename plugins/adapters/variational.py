@@ -21,6 +21,9 @@ averages the logits over samples.
   reference's lists (``templates``: your own).
 - ``hierarchical = true``: a global pair (``global_``) first draws ``global_samples`` samples
   ``x_g = x + eps_g``; every task pair then samples around each of them: ``S x S_g`` samples.
+  ``prev_global_mean`` (for ``distill``) applies the previous task's global pair to the
+  input the previous task's text adapters give (``distill_input = "previous"``, as the
+  reference's ``previous_vga`` + ``previous_task_tokens``; a parity test rebuilds it).
   (Its input is the adapted text including the task-token term; the reference leaves the
   token term out of the global input.)
 - All tasks go through one grouped matmul (classes gathered into a padded ``[T, M]`` grid);
@@ -75,6 +78,11 @@ class VariationalConfig(TemplateChoice):
     list ``template_set`` = "cifar18" | "imagenet80" | a file: the reference uses its
     dataset's list, 18 CIFAR / 80 ImageNet-R templates);
     ``keep_previous``: snapshot the previous task's pairs for ``distill``;
+    ``distill_input`` (with the hierarchy): what the previous global adapter is applied to
+    for ``prev_global_mean`` -- "previous" (the reference: this adapter's input as the
+    previous task's text adapters computed it, e.g. its VGA with its task tokens, so the
+    drift of those is distilled too) or "current" (the present input: clapkit's earlier
+    behaviour);
     ``prior``: "standard" (N(0,I), nothing extra) or "data" (``prior_loc``/``prior_scale``
     from a context subset of ``context_size`` share of the current task's items);
     ``sigma_init``: start every new pair (and the global one) at this sigma (sigma layer
@@ -91,6 +99,8 @@ class VariationalConfig(TemplateChoice):
                                        validator=_templates_ok)
     template_set: str = attrs.field(default="", validator=template_set_ok)
     keep_previous: bool = True
+    distill_input: Literal["previous", "current"] = attrs.field(
+        default="previous", validator=attrs.validators.in_(("previous", "current")))
     prior: Literal["standard", "data"] = attrs.field(
         default="standard", validator=attrs.validators.in_(("standard", "data")))
     context_size: float = attrs.field(default=0.67, validator=[attrs.validators.gt(0.0),
@@ -195,6 +205,9 @@ class Variational(Adapter):
                  template_stats: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         super().__init__()
         self.dim, self.cfg = int(dim), cfg
+        #: the pipeline hands ``step.previous_input`` (see Adapter) for the distillation
+        self.reads_previous_input = bool(cfg.hierarchical and cfg.keep_previous
+                                         and cfg.distill_input == "previous")
         self.current = Pair(dim, cfg.sigma_init)
         for name in ("old_mu_weight", "old_mu_bias", "old_sigma_weight", "old_sigma_bias"):
             self.register_parameter(name, None)
@@ -327,7 +340,11 @@ class Variational(Adapter):
             aux.update(global_loc=mu_g, global_scale=sig_g, global_mean=mu_g)
             old_g = self._old_classes(tasks)
             if self.prev_global_weight is not None and old_g:
-                aux["prev_global_mean"] = F.linear(x[..., :old_g, :], self.prev_global_weight,
+                src = x[..., :old_g, :]
+                if self.reads_previous_input and step is not None and \
+                        step.previous_input is not None:
+                    src = step.previous_input[..., :old_g, :]
+                aux["prev_global_mean"] = F.linear(src, self.prev_global_weight,
                                                    self.prev_global_bias).detach()
             eps_g = step_randn((self.cfg.global_samples, *mu_g.shape), mu_g, step)
             x = x + (mu_g + sig_g * eps_g)                                   # [G,B',n,D]

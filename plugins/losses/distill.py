@@ -9,9 +9,10 @@ adapter, needs the hierarchy), ``"task"`` (the task pairs of the old classes -- 
 from the snapshot only where old pairs train, e.g. in class-balanced finetuning), ``"both"``,
 or ``"auto"`` (global with the hierarchy, task without). Task 0 has no previous task: 0.
 Reference scale 0.3. Both means cover the old classes only (the reference's
-``mse_loss(prev_loc, qdist_g.loc[:n_old])``; a parity test rebuilds it). Difference left
-(docs/fidelity.md): the snapshot is applied to the current VGA output, where the reference
-runs its previous VGA and task tokens, so VGA drift is not distilled.
+``mse_loss(prev_loc, qdist_g.loc[:n_old])``; a parity test rebuilds it). The previous
+global adapter reads the input the previous task's VGA and task tokens give
+(``distill_input = "previous"`` of the adapter, as the reference; parity-tested), so their
+drift is distilled too.
 """
 
 from __future__ import annotations

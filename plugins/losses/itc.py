@@ -27,7 +27,6 @@ holds an EMA copy of any module as buffers.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 from collections.abc import Hashable, Sequence
 
@@ -39,8 +38,9 @@ from torch import nn
 from clapkit import hookimpl
 from clapkit.errors import ClapkitError
 from clapkit.interfaces import BuildContext, Loss
+from clapkit.snapshot import frozen_copy
 
-from .moco_rank import gather_all, params_to_buffers
+from .moco_rank import gather_all
 
 #: open_clip clamps CLIP's logit scale at 100 while training; the loss does the same
 MAX_LOGIT_SCALE = 100.0
@@ -157,7 +157,7 @@ class MomentumCopy(nn.Module):
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"momentum {momentum} outside [0, 1]")
         self.momentum = momentum
-        self.model = _buffer_placement(params_to_buffers(copy.deepcopy(online))).eval()
+        self.model = _buffer_placement(frozen_copy(online)).eval()
         self._online = (online,)                  # a tuple: not registered as a submodule
 
     @torch.no_grad()

@@ -28,7 +28,6 @@ to the detached online z.
 
 from __future__ import annotations
 
-import copy
 from typing import Literal
 
 import attrs
@@ -40,6 +39,7 @@ from clapkit import hookimpl
 from clapkit.errors import ClapkitError
 from clapkit.functional import mixup_mean, view_or_text
 from clapkit.interfaces import BuildContext, Loss
+from clapkit.snapshot import frozen_copy
 from clapkit.validators import size
 
 
@@ -84,16 +84,6 @@ def gather_all(keys: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, 
             torch.cat([lab[: int(s)] for lab, s in zip(all_l, sizes)]))
 
 
-def params_to_buffers(module: nn.Module) -> nn.Module:
-    """Turn every parameter of ``module`` (in place) into a buffer of the same name."""
-    for m in module.modules():
-        for name, p in list(m._parameters.items()):
-            if p is not None:                 # None entries (bias=False) stay as they are
-                del m._parameters[name]
-                m.register_buffer(name, p.detach().clone())
-    return module
-
-
 class MoCoRankLoss(Loss):
     """Contrastive ranking of the class text against a queue of negatives."""
 
@@ -122,7 +112,7 @@ class MoCoRankLoss(Loss):
         getter = getattr(pipeline, "visual_encoder_modules", None)
         online = getter() if callable(getter) else pipeline
         self._online = (online,)
-        self.momentum_encoder = params_to_buffers(copy.deepcopy(online)).eval()
+        self.momentum_encoder = frozen_copy(online).eval()
 
     @torch.no_grad()
     def momentum_update(self) -> None:

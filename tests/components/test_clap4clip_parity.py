@@ -246,6 +246,110 @@ def test_distill_equals_the_reference_global_term(make, ctx):
     assert o.aux["prev_global_mean"].shape[-2] == 2         # old classes only
 
 
+def _distill_pipeline(make, ctx, tokens: bool, distill_input: str = "previous"):
+    """prompt -> [task_tokens] -> vga (per_batch, no dropout) -> hierarchical variational,
+    with the ``distill`` loss on the global term, as one Pipeline (the snapshot lives there)."""
+    from clapkit.pipeline import Pipeline
+    from clapkit.sections import LossKeys
+    torch.manual_seed(0)
+    adapters = {}
+    if tokens:
+        adapters["tokens"] = make("adapter", "task_tokens", ctx)
+    adapters["vga"] = make("adapter", "vga", ctx, ff_dim=32, dropout=0.0, context="per_batch")
+    adapters["variational"] = make("adapter", "variational", ctx, hierarchical=True,
+                                   global_samples=3, distill_input=distill_input)
+    distill = make("loss", "distill", ctx, target="global")
+    return Pipeline(backbone=ctx.backbone,
+                    prompts={"text": make("prompt", "handcrafted", ctx, templates=TEMPLATES)},
+                    adapters=adapters, adapter_places={n: "text" for n in adapters},
+                    head=make("head", "cosine", ctx, normalize_text=False), head_view="text",
+                    losses={"distill": distill}, loss_keys={"distill": LossKeys()},
+                    streams=("image",), task_of_class=TOC.tolist(), num_samples=S)
+
+
+def _train_a_bit(*modules):
+    with torch.no_grad():                  # a task's training moves every weight
+        for m in modules:
+            for p in m.parameters():
+                p.add_(0.1 * torch.randn_like(p))
+
+
+@pytest.mark.parametrize("tokens", [False, True])
+def test_distill_runs_the_previous_vga_and_tokens_as_the_reference(make, ctx, tokens):
+    """The reference's distillation (``previous_vga`` on the old classes' text plus
+    ``previous_task_tokens``, the result plus the text into the previous global adapter,
+    ``0.3 * MSE(prev_loc, loc[:n_old])``), after task 1 moved the VGA, the tokens and the
+    global pair. Without tokens clapkit's global input is the reference's exactly; with
+    tokens clapkit's global input keeps the token term (docs/fidelity.md), the previous
+    tokens being the ones used."""
+    import copy
+    pipe = _distill_pipeline(make, ctx, tokens)
+    ad = pipe.adapters
+    pipe.on_task_start(0, 2)
+    _train_a_bit(*ad.values())
+    prev_decoder = copy.deepcopy(ad["vga"].decoder)
+    prev_tokens = ad["tokens"].tokens().detach().clone() if tokens else None
+    g = ad["variational"].global_.mu
+    w_prev, b_prev = g.weight.detach().clone(), g.bias.detach().clone()
+    pipe.on_task_start(1, 4)
+    _train_a_bit(*ad.values())                         # task 1 trains VGA, tokens, global
+    pipe.train()
+    z = torch.randn(B, ctx.embed_dim)
+    y = torch.tensor([2, 3, 2, 3, 2, 3])
+    step = StepContext(task=1, seen_classes=4, num_samples=S, training=True,
+                       task_of_class=TOC, label=y)
+    batch = {"features": {"image": z[:, None]}, "label": y, "step": step}
+    out = pipe(batch)
+    got = pipe.losses["distill"](out, batch)
+
+    with torch.no_grad():
+        text = pipe.prompts["text"]().text
+        zn = F.normalize(z, dim=-1)
+        old = text[:2]
+        q = torch.cat([old, prev_tokens]) if tokens else old
+        mask = ref_mask(2, TOC[:2]) if tokens else torch.zeros(2, 2, dtype=torch.bool)
+        prev_out = prev_decoder(q[None], zn[None], tgt_mask=mask)[0]
+        prev_in = old + prev_out[:2] + (prev_out[2] if tokens else 0.0)
+        prev_loc = prev_in @ w_prev.t() + b_prev
+        now_loc = out["aux"]["variational.global_mean"][..., :2, :]
+        want = F.mse_loss(now_loc, prev_loc.expand_as(now_loc)) * 0.3
+    torch.testing.assert_close(got.detach(), want, atol=1e-6, rtol=1e-5)
+    # the previous VGA differs from the current one: distilling on the present input
+    # (distill_input = "current", clapkit's earlier behaviour) is another loss
+    cur = _distill_pipeline(make, ctx, tokens, distill_input="current")
+    cur.on_task_start(0, 2)
+    cur.on_task_start(1, 4)
+    cur.load_state_dict({k: v for k, v in pipe.state_dict().items()
+                         if not k.startswith("text_snapshot.")}, strict=True)
+    assert cur.text_snapshot is None and not any(
+        k.startswith("text_snapshot.") for k in cur.state_dict())
+    cur.train()
+    out_c = cur(batch)
+    assert abs(float(cur.losses["distill"](out_c, batch).detach()) - float(got.detach())) > 1e-4
+
+
+def test_the_text_snapshot_is_frozen_saved_and_restored(make, ctx):
+    """Buffers only (no stage glob can train them), in the state dict, and a model rebuilt by
+    replaying the task starts loads it strictly (what ``--resume`` does)."""
+    pipe = _distill_pipeline(make, ctx, tokens=True)
+    pipe.on_task_start(0, 2)
+    _train_a_bit(*pipe.adapters.values())
+    pipe.on_task_start(1, 4)
+    assert set(pipe.text_snapshot) == {"tokens", "vga"}
+    assert not any(n.startswith("text_snapshot.") for n, _ in pipe.named_parameters())
+    state = pipe.state_dict()
+    keys = [k for k in state if k.startswith("text_snapshot.")]
+    assert keys and "text_snapshot.tokens.old.0" not in keys      # task 0 had one token
+    torch.testing.assert_close(state["text_snapshot.tokens.current"],
+                               state["adapters.tokens.old.0"])
+    again = _distill_pipeline(make, ctx, tokens=True)
+    again.on_task_start(0, 2)
+    again.on_task_start(1, 4)
+    again.load_state_dict(state, strict=True)
+    for k in keys:
+        torch.testing.assert_close(again.state_dict()[k], state[k])
+
+
 @pytest.mark.parametrize("name,tset", [("clap4clip_cifar100.toml", "cifar18"),
                                        ("clap4clip_imagenet_r.toml", "imagenet80")])
 def test_flagship_recipes_select_the_reference_behaviour(host, name, tset):
