@@ -27,6 +27,21 @@ def progress_off(wanted: bool, stream: TextIO | None = None) -> bool:
         return True
 
 
+def seen_confusion(confusion: Sequence[Sequence[Any]], run: Any,
+                   task: Any) -> list[list[Any]]:
+    """``confusion`` cropped to the classes seen up to ``task`` of an incremental run (its
+    ``task_classes`` groups, classes in position order): after a task of 8 seen classes a
+    20-class matrix shows 8x8, as the classes not seen yet have neither items nor logits.
+    A run of one task, or without ``task_classes``, gets the matrix unchanged."""
+    rows = [list(r) for r in confusion]
+    groups = getattr(run, "task_classes", None) or []
+    if int(getattr(run, "num_tasks", 1) or 1) <= 1 or not isinstance(task, int) \
+            or not 0 <= task < len(groups):
+        return rows
+    seen = sum(len(g) for g in groups[:task + 1])
+    return [r[:seen] for r in rows[:seen]] if 0 < seen < len(rows) else rows
+
+
 def format_confusion(confusion: Sequence[Sequence[Any]], names: Sequence[str],
                      indent: str = "  ") -> list[str]:
     """Rows = true class, columns = predicted class (numbered; the legend is the row

@@ -439,3 +439,22 @@ def test_a_cache_lock_naming_another_host_says_so(tmp_path, caplog):
         lock.acquire()
     said = " ".join(r.getMessage() for r in caplog.records)
     assert "host some-other-node (another machine" in said and "waiting up to" in said
+
+
+def test_incremental_console_confusion_shows_only_the_seen_classes(tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from clapkit.interfaces import BuildContext
+    from clapkit.plugins import get_plugin_host
+
+    entry = get_plugin_host(autoload_third_party=False).registries.logger.get("console")
+    logger = entry.factory(entry.config_cls(), BuildContext())
+    run = SimpleNamespace(out_dir=tmp_path / "run", recipe=SimpleNamespace(
+        run=SimpleNamespace(name="inc"), stages=[]), rank=0,
+        class_names=[f"class{i}" for i in range(6)], num_tasks=3,
+        task_classes=[[0, 1], [2, 3], [4, 5]])
+    full = [[7 if i == j else 0 for j in range(6)] for i in range(6)]
+    logger.clapkit_task_end(run=run, task=0, metrics={"valid/confusion": full,
+                                                       "acc_seen": 1.0})
+    out = capsys.readouterr().out
+    assert "class1" in out and "class2" not in out, out      # 2 of 6 classes seen

@@ -31,6 +31,7 @@ from clapkit.interfaces import BuildContext
 from clapkit.ood import OOD_METRICS, parse_ood_metrics
 from clapkit.plotting import short_names
 from clapkit.report import format_confusion as format_confusion_full
+from clapkit.report import seen_confusion
 
 
 @attrs.frozen
@@ -215,6 +216,7 @@ class ConsoleLogger:
         if new_best:
             self.best_uar[task] = float(uar)  # type: ignore[arg-type]
         if self.cfg.confusion and conf and (new_best or self.cfg.confusion_every_epoch):
+            conf = seen_confusion(conf, run, task)
             why = "new best valid UAR" if new_best else "this epoch"
             self._write(f"valid confusion matrix ({why}; rows = true, columns = predicted):")
             self._write(format_confusion(conf, self._names(run, len(conf)),
@@ -251,6 +253,7 @@ class ConsoleLogger:
         self._write(line + " ===")
         conf = metrics.get("valid/confusion")
         if self.cfg.confusion and conf:
+            conf = seen_confusion(conf, run, task)
             when = (f"end of task {task}" if self._incremental(run)
                     else "end of training, model of the last epoch")
             self._write(f"valid confusion matrix ({when}; rows = true, columns = predicted):")

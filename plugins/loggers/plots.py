@@ -28,6 +28,7 @@ from clapkit.atomic import json_safe
 from clapkit.validators import inside
 from clapkit.interfaces import BuildContext
 from clapkit.plotting import plot_accuracy_matrix, plot_confusion, plot_learning_curves
+from clapkit.report import seen_confusion
 
 
 @attrs.frozen
@@ -132,17 +133,6 @@ class PlotsLogger:
     def clapkit_run_start(self, run: Any) -> None:
         self._load_history(run)
 
-    def _seen_part(self, run: Any, task: Any, conf: Any) -> Any:
-        """``conf`` cropped to the classes seen up to ``task`` in an incremental run (a
-        20-class matrix after a task of 8 seen classes shows 8x8); unchanged otherwise."""
-        groups = getattr(run, "task_classes", None) or []
-        if not self._incremental(run) or not isinstance(task, int) or task >= len(groups):
-            return conf
-        seen = sum(len(g) for g in groups[:task + 1])
-        if not 0 < seen < len(conf):
-            return conf
-        return [list(r[:seen]) for r in conf[:seen]]
-
     def _names(self, run: Any, n: int) -> list[str] | None:
         names = list(getattr(run, "class_names", None) or [])
         return names[:n] if len(names) >= n else None
@@ -165,7 +155,7 @@ class PlotsLogger:
         conf = metrics.get("valid/confusion")
         if not conf:
             return
-        conf = self._seen_part(run, task, conf)
+        conf = seen_confusion(conf, run, task)
         names = self._names(run, len(conf))
         uar = _float(metrics.get("valid/uar"))
         if not math.isnan(uar) and uar > self.best_uar.get(task, -math.inf):
@@ -197,7 +187,7 @@ class PlotsLogger:
             self.acc_rows[task] = [v for _, v in per_task]
         conf = metrics.get("valid/confusion")
         if conf:
-            conf = self._seen_part(run, task, conf)
+            conf = seen_confusion(conf, run, task)
             suffix = f"_t{task}" if self._incremental(run) else ""
             when = f"end of task {task}" if self._incremental(run) else "end of training"
             plot_confusion(conf, self._names(run, len(conf)),
