@@ -18,6 +18,10 @@ from typing import Any
 
 from .atomic import atomic_write_json
 from .errors import ClapkitError
+from .validators import MAX_SEED
+
+#: the most runs one ``--seeds`` list starts (each one is a full training run)
+MAX_SEEDS = 1_000
 
 AGGREGATE_FILE = "aggregate.json"
 #: summary entries that describe the run rather than measure it (never averaged)
@@ -36,6 +40,12 @@ def parse_seeds(text: str) -> list[int]:
             first, last = int(lo), int(hi or lo)
             if first < 0 or last < first:
                 raise ValueError(part)
+            if last > MAX_SEED:
+                raise ClapkitError(f"--seeds: seed {last} is above the largest seed "
+                                   f"{MAX_SEED} (run.seed takes 0..{MAX_SEED})")
+            if len(seeds) + last - first + 1 > MAX_SEEDS:     # checked before it is built
+                raise ClapkitError(f"--seeds: '{text}' names more than {MAX_SEEDS} seeds "
+                                   "(one full run each)")
             seeds.extend(range(first, last + 1))
     except ValueError:
         raise ClapkitError(f"--seeds: '{text}' is not a list of integers (e.g. 0,1,2 or "

@@ -458,3 +458,16 @@ def test_incremental_console_confusion_shows_only_the_seen_classes(tmp_path, cap
                                                        "acc_seen": 1.0})
     out = capsys.readouterr().out
     assert "class1" in out and "class2" not in out, out      # 2 of 6 classes seen
+
+
+@pytest.mark.parametrize("seeds,message", [
+    ("0-1000000000", "names more than 1000 seeds"),            # was a list of 1e9 ints
+    ("0-600,601-1200", "names more than 1000 seeds"),
+    ("99999999999999999999", "above the largest seed 4294967295"),
+])
+def test_run_seeds_is_bounded(tmp_path, seeds, message, capsys):
+    """Case 2: ``--seeds`` starts one run per seed; it is refused before any list is built."""
+    rc, err = _main_exit(["run", str(STAGED), "--seeds", seeds, "--out", str(tmp_path / "o")],
+                         capsys)
+    assert rc == 2 and message in err, err
+    assert not (tmp_path / "o").exists()
