@@ -471,3 +471,9 @@ def test_run_seeds_is_bounded(tmp_path, seeds, message, capsys):
                          capsys)
     assert rc == 2 and message in err, err
     assert not (tmp_path / "o").exists()
+
+
+def test_detect_faces_frames_is_bounded(tmp_path, capsys):
+    rc, err = _main_exit(["data", "detect-faces", str(tmp_path), "--dataset", "caer",
+                          "--frames", "1000000000"], capsys)
+    assert rc == 2 and "--frames" in err and "1<=x<=1024" in err, err

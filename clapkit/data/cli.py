@@ -61,7 +61,7 @@ def make_demo(out: str, kind: str, seed: int, force: bool) -> None:
 @click.option("--split", "splits", multiple=True, help="Only these splits (repeatable).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Other dataset options, e.g. --set annotations.train=lists/train.txt")
-@click.option("--frames", default=3, show_default=True,
+@click.option("--frames", type=click.IntRange(1, 1024), default=3, show_default=True,
               help="Frames per clip to detect on (per-clip layouts).")
 @click.option("--force", is_flag=True, help="Replace an existing box file.")
 def detect_faces(dataset_root: str, dataset: str, out: str | None, splits: tuple[str, ...],
