@@ -246,24 +246,28 @@ class PluginHost:
 TRUST_OPTION = "--trust-run-code"
 
 
-def module_origin(dotted: str) -> Path | None:
-    """The file or package folder the top-level package of ``dotted`` would be imported
-    from, found on ``sys.path`` without importing anything (None: not found, or built in)."""
+def module_origins(dotted: str) -> list[Path]:
+    """Where the top-level package of ``dotted`` would be imported from, found on
+    ``sys.path`` without importing anything: its file, or every folder of a (namespace)
+    package, each as given and with symlinks resolved ([] when not found, or built in)."""
     top = dotted.split(".")[0]
     loaded = sys.modules.get(top)
     if loaded is not None:
-        where = getattr(loaded, "__file__", None)
-        return Path(where).resolve() if where else None
-    try:
-        spec = importlib.machinery.PathFinder.find_spec(top)
-    except (ImportError, ValueError):
-        return None
-    if spec is None:
-        return None
-    if spec.origin and spec.origin not in ("built-in", "frozen"):
-        return Path(spec.origin).resolve()
-    locations = list(spec.submodule_search_locations or [])
-    return Path(locations[0]).resolve() if locations else None
+        where = [getattr(loaded, "__file__", None), *list(getattr(loaded, "__path__", []))]
+    else:
+        try:
+            spec = importlib.machinery.PathFinder.find_spec(top)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is None:
+            return []
+        where = [spec.origin if spec.origin not in ("built-in", "frozen") else None,
+                 *list(spec.submodule_search_locations or [])]
+    found: list[Path] = []
+    for w in where:
+        if w:
+            found += [Path(os.path.abspath(w)), Path(w).resolve()]
+    return found
 
 
 def shipped_in(dotted: str, folder: Path) -> Path | None:
@@ -271,22 +275,23 @@ def shipped_in(dotted: str, folder: Path) -> Path | None:
     folder ships one (whether or not it is on ``sys.path``)."""
     top = dotted.split(".")[0]
     for candidate in (folder / f"{top}.py", folder / top):
-        if candidate.exists():
+        if os.path.lexists(candidate):
             return candidate
     return None
 
 
 def refuse_untrusted_module(dotted: str, run_dir: Path, source: str) -> None:
     """Raise when the plugin module ``dotted``, named by the recipe of the run folder
-    ``run_dir``, would be imported from that folder, or is shipped in it: a run folder is
-    data someone may have sent, and importing its code needs the explicit opt-in
-    (:data:`TRUST_OPTION`). The message suggests no ``PYTHONPATH``, which would run it."""
-    folder = run_dir.resolve()
-    origin = module_origin(dotted)
-    if origin is not None:
-        shipped = origin if origin.is_relative_to(folder) else None
+    ``run_dir``, would be imported from that folder (a symlink in it counts, and so does a
+    namespace-package portion), or is shipped in it: a run folder is data someone may have
+    sent, and importing its code needs the explicit opt-in (:data:`TRUST_OPTION`). The
+    message suggests no ``PYTHONPATH``, which would run it."""
+    folders = {Path(os.path.abspath(run_dir)), run_dir.resolve()}
+    origins = module_origins(dotted)
+    if origins:
+        shipped = next((o for o in origins for f in folders if o.is_relative_to(f)), None)
     else:                   # not importable as things stand: is it shipped in the folder?
-        shipped = shipped_in(dotted, folder)
+        shipped = next((s for f in folders if (s := shipped_in(dotted, f))), None)
     if shipped is None:
         return
     raise ClapkitError(

@@ -477,3 +477,31 @@ def test_detect_faces_frames_is_bounded(tmp_path, capsys):
     rc, err = _main_exit(["data", "detect-faces", str(tmp_path), "--dataset", "caer",
                           "--frames", "1000000000"], capsys)
     assert rc == 2 and "--frames" in err and "1<=x<=1024" in err, err
+
+
+# --- case 1 (more): symlinked modules and namespace-package portions in a run folder ----------
+
+def test_a_symlinked_module_in_the_run_folder_is_refused(tmp_path):
+    run = _booby_trapped_run(tmp_path / "run")
+    real = tmp_path / "elsewhere.py"
+    (run / "evil.py").rename(real)
+    (run / "evil.py").symlink_to(real)
+    res = _cli("eval", ".", cwd=run)
+    assert res.returncode == 2 and "--trust-run-code" in res.stderr, res.stderr
+    assert not (tmp_path / "PWNED").exists() and not (run / "PWNED").exists()
+
+
+def test_a_namespace_package_portion_in_the_run_folder_is_refused(tmp_path):
+    run = tmp_path / "run"
+    (run / "nspkg").mkdir(parents=True)                   # no __init__.py: a namespace package
+    (run / "recipe.toml").write_text('plugins = ["nspkg.evil"]\n[run]\nname = "x"\n')
+    (run / "nspkg" / "evil.py").write_text(
+        "import pathlib\npathlib.Path(__file__).parent.with_name('PWNED').write_text('ran')\n")
+    res = _script("eval", str(run), cwd=tmp_path)
+    assert res.returncode == 2 and "would be imported from the run folder" in res.stderr
+    assert "PYTHONPATH" not in res.stderr and not (run / "PWNED").exists()
+    res = _cli("eval", ".", cwd=run)
+    assert res.returncode == 2 and "would be imported from the run folder" in res.stderr
+    assert not (run / "PWNED").exists()
+    res = _script("eval", "--trust-run-code", str(run), cwd=tmp_path)
+    assert (run / "PWNED").read_text() == "ran"          # the module is real code: opt-in runs it
