@@ -29,7 +29,7 @@ from ..data.base import ClipDataset, DatasetSource
 from ..atomic import publish
 from ..errors import ClapkitError
 from ..interfaces import Backbone
-from ..report import progress_off
+from ..progress import progress_off
 from . import store
 from .lock import BuildLock
 from .store import CacheKey

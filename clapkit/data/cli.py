@@ -70,7 +70,7 @@ def detect_faces(dataset_root: str, dataset: str, out: str | None, splits: tuple
     the dataset reads (needs: pip install 'clapkit[faces]')."""
     from tqdm import tqdm
 
-    from ..report import progress_off
+    from ..progress import progress_off
     from .faces import HaarFaceDetector, detect_dataset_faces, write_box_file
 
     detector = HaarFaceDetector()  # fails early, before any listing, without OpenCV

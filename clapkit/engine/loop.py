@@ -22,7 +22,7 @@ from tqdm import tqdm
 from ..errors import ClapkitError
 from ..interfaces import StepContext
 from ..metrics import ClassificationMeter
-from ..report import progress_off
+from ..progress import progress_off
 from .distributed import DistInfo, all_reduce_sum
 from .guard import check_grad_norm, check_loss
 

@@ -211,7 +211,7 @@ def test_eval_with_a_checkpoint_of_another_scenario(run_dir, tmp_path, capsys):
 def test_progress_bars_only_on_a_terminal():
     import io
 
-    from clapkit.report import progress_off
+    from clapkit.progress import progress_off
 
     class Tty(io.StringIO):
         def isatty(self) -> bool:
