@@ -17,7 +17,7 @@ from pathlib import Path
 import attrs
 
 from .aggregate import read_aggregate
-from .runs import _num, _read_json, find_runs, recipe_name
+from .runs import _count, _num, _read_json, find_runs, recipe_name
 
 FORMATS = ("markdown", "csv", "latex")
 #: (column title, summary key)
@@ -53,19 +53,22 @@ def collect_results(root: Path) -> list[ResultRow]:
     aggregates = sorted({p.parent for p in root.rglob("aggregate.json")})
     for folder in aggregates:
         agg = read_aggregate(folder)
-        if agg is None:
+        if not isinstance(agg, dict):        # unreadable, not JSON, or not an object
             continue
-        covered.update(Path(r).resolve() for r in agg.get("runs", []))
+        runs = _strings(agg.get("runs"))
+        covered.update(Path(r).resolve() for r in runs)
         figs = {}
         for _, key in FIGURES:
             entry = agg.get(key)
             if isinstance(entry, dict) and _num(entry.get("mean")) is not None:
                 figs[key] = (float(entry["mean"]), _num(entry.get("std")))
+        seeds = agg.get("seeds")
         rows.append(ResultRow(recipe=str(agg.get("recipe", folder.name)), folder=str(folder),
                               name=_relative(folder, root),
-                              seeds=int(agg.get("n", len(agg.get("seeds", [])))),
+                              seeds=_count(agg.get("n")) or
+                              (len(seeds) if isinstance(seeds, list) else 0),
                               backbone=str(agg.get("backbone") or "?"),
-                              memory=agg.get("memory_size"), figures=figs))
+                              memory=_count(agg.get("memory_size")), figures=figs))
     for run in find_runs(root):
         if run.resolve() in covered:
             continue
@@ -77,8 +80,13 @@ def collect_results(root: Path) -> list[ResultRow]:
         rows.append(ResultRow(recipe=recipe_name(run, run.name), folder=str(run), seeds=1,
                               name=_relative(run, root),
                               backbone=str(summary.get("backbone") or "?"),
-                              memory=summary.get("memory_size"), figures=figs))
+                              memory=_count(summary.get("memory_size")), figures=figs))
     return rows
+
+
+def _strings(value: object) -> list[str]:
+    """The strings of a JSON list (a damaged aggregate may hold anything there)."""
+    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
 
 
 def _cell(fig: tuple[float, float | None] | None, pm: str) -> str:

@@ -288,6 +288,10 @@ def test_runs_lists_good_runs_and_marks_junk_ones(junk_runs, capsys):
 
 
 def test_results_table_survives_junk_run_folders(junk_runs, capsys):
+    for name, text in (("agg-list", "[1]"), ("agg-types", '{"runs": 5, "n": "x", "seeds": 3, '
+                       '"memory_size": "big", "last_acc": {"mean": "x"}}'), ("agg-empty", "")):
+        (junk_runs / name).mkdir()
+        (junk_runs / name / "aggregate.json").write_text(text)
     with pytest.raises(SystemExit) as code:
         main(["runs", str(junk_runs), "--format", "markdown"])
     out, err = capsys.readouterr()
