@@ -147,6 +147,11 @@ def lock_held(path: Path) -> bool | None:
         os.close(fd)
 
 
+def _lock_held(run: Path) -> bool:
+    """Whether a live process holds one of the run's lock files."""
+    return any(lock_held(run / n) for n in LOCK_NAMES)
+
+
 def _status(run: Path, summary: dict[str, Any] | None, now: float) -> str:
     if summary is not None:
         return "done"
@@ -264,8 +269,8 @@ def _describe(run: Path, now: float) -> RunRow:
     last = _num(summary.get("last_acc")) if summary is not None else None
     avg = _num(summary.get("avg_incremental_acc")) if summary is not None else None
     status = _status(run, summary, now)
-    if notes and status != "running":
-        status = "damaged"
+    if notes and not _lock_held(run):    # summary.json is written whole, at the end: a bad
+        status = "damaged"               # one is damage, not a run still being written
     return RunRow(folder=str(run), recipe=name, status=status,
                   epochs=epochs if (epochs or summary is not None) else None,
                   best_valid_uar=best, last_acc=last, test_war=tw, test_uar=tu, avg_acc=avg,
