@@ -91,10 +91,11 @@ def model_state(model: nn.Module, include_backbone: bool) -> dict[str, torch.Ten
             if include_backbone or not k.startswith("backbone.")}
 
 
-def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], *,
+def load_model_state(model: nn.Module, state: dict[str, torch.Tensor] | None, *,
                      where: str = "checkpoint") -> None:
-    """Load ``state`` into ``model``; a checkpoint of another model (other keys, or tensors
-    of other shapes, e.g. another recipe's ``best.pt``) is a one-line error."""
+    """Load ``state`` (a checkpoint's ``model`` table; None when it has none) into
+    ``model``; a checkpoint of another model (other keys, or tensors of other shapes, e.g.
+    another recipe's ``best.pt``) is a one-line error."""
     if not isinstance(state, dict):
         raise ClapkitError(f"{where} is not a clapkit checkpoint (its model state is "
                            f"{type(state).__name__}, not a table of tensors)")
