@@ -88,6 +88,9 @@ def read_clip(path: Path, choose: Callable[[int], Sequence[int]],
     """Frames ``choose(n)`` of the clip at ``path`` (n = its frame count), with their names
     (file names for frame folders, the decimal index for videos)."""
     path = resolve_clip(path)
+    if not path.is_dir() and not path.is_file():     # a FIFO or device: reading blocks
+        raise ClapkitError(f"clip {path} is not a regular file or folder (a FIFO, socket or "
+                           "device)")
     if path.is_dir():
         files = list_frames(path)
         if not files:

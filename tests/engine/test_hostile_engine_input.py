@@ -322,3 +322,11 @@ def test_clip_predict_names_the_broken_input(clip_prep, tmp_path, kind):
     with pytest.raises(ClapkitError) as err:
         pr.predict(clip_prep, [bad])
     assert want in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_fifo_in_place_of_a_clip_is_refused_not_read(tmp_path):
+    """A dataset item that is a FIFO would block the loader forever (training or predict)."""
+    fifo = tmp_path / "clip.avi"
+    os.mkfifo(fifo)
+    with pytest.raises(ClapkitError, match="not a regular file or folder"):
+        read_clip(fifo, lambda n: [0])
