@@ -77,9 +77,37 @@ def test_trust_run_code_is_the_explicit_opt_in(tmp_path):
     assert res.returncode == 2 and "[data] is missing" in res.stderr   # then the recipe
 
 
-# --- case 2: every size option has a bound ----------------------------------------------------
+def test_a_symlinked_module_in_the_run_folder_is_refused(tmp_path):
+    run = _booby_trapped_run(tmp_path / "run")
+    real = tmp_path / "elsewhere.py"
+    (run / "evil.py").rename(real)
+    (run / "evil.py").symlink_to(real)
+    res = _cli("eval", ".", cwd=run)
+    assert res.returncode == 2 and "--trust-run-code" in res.stderr, res.stderr
+    assert not (tmp_path / "PWNED").exists() and not (run / "PWNED").exists()
+
+
+def test_a_namespace_package_portion_in_the_run_folder_is_refused(tmp_path):
+    run = tmp_path / "run"
+    (run / "nspkg").mkdir(parents=True)                   # no __init__.py: a namespace package
+    (run / "recipe.toml").write_text('plugins = ["nspkg.evil"]\n[run]\nname = "x"\n')
+    (run / "nspkg" / "evil.py").write_text(
+        "import pathlib\npathlib.Path(__file__).parent.with_name('PWNED').write_text('ran')\n")
+    res = _script("eval", str(run), cwd=tmp_path)
+    assert res.returncode == 2 and "would be imported from the run folder" in res.stderr
+    assert "PYTHONPATH" not in res.stderr and not (run / "PWNED").exists()
+    res = _cli("eval", ".", cwd=run)
+    assert res.returncode == 2 and "would be imported from the run folder" in res.stderr
+    assert not (run / "PWNED").exists()
+    res = _script("eval", "--trust-run-code", str(run), cwd=tmp_path)
+    assert (run / "PWNED").read_text() == "ran"          # the module is real code: opt-in runs it
+
+
+# --- case 2: every size option has a bound --------------------------------------------------
 
 REPO = Path(__file__).resolve().parents[1]
+
+
 STAGED = REPO / "recipes" / "demo_caer_staged.toml"     # has [adapters.temporal]
 
 
@@ -124,6 +152,25 @@ def test_prompt_context_length_is_bounded(tmp_path, override, bound, capsys):
     assert rc == 2 and bound in err, err
 
 
+@pytest.mark.parametrize("seeds,message", [
+    ("0-1000000000", "names more than 1000 seeds"),            # was a list of 1e9 ints
+    ("0-600,601-1200", "names more than 1000 seeds"),
+    ("99999999999999999999", "above the largest seed 4294967295"),
+])
+def test_run_seeds_is_bounded(tmp_path, seeds, message, capsys):
+    """Case 2: ``--seeds`` starts one run per seed; it is refused before any list is built."""
+    rc, err = _main_exit(["run", str(STAGED), "--seeds", seeds, "--out", str(tmp_path / "o")],
+                         capsys)
+    assert rc == 2 and message in err, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_detect_faces_frames_is_bounded(tmp_path, capsys):
+    rc, err = _main_exit(["data", "detect-faces", str(tmp_path), "--dataset", "caer",
+                          "--frames", "1000000000"], capsys)
+    assert rc == 2 and "--frames" in err and "1<=x<=1024" in err, err
+
+
 #: size options of plugins whose files another engineer owns at the time of writing (issue
 #: 18): still unbounded; the test fails when one gains a bound, so the list only shrinks
 NOT_YET_BOUNDED = {
@@ -132,6 +179,8 @@ NOT_YET_BOUNDED = {
     "loss:caption_lm.vocab_size", "loss:itc.queue_size", "loss:itm.layers", "loss:itm.heads",
     "logger:image_text.caption_images", "logger:image_text.batch_size",
 }
+
+
 SIZE_NAME = ("heads", "depth", "layers", "n_ctx", "size", "views", "grid", "batch", "queue",
              "dim", "frames", "samples", "length", "bank", "reduction", "top_k", "images",
              "max_iter", "vocab", "ratio")
@@ -175,7 +224,7 @@ def test_every_size_option_has_an_upper_bound():
     assert _unbounded_size_options() == NOT_YET_BOUNDED
 
 
-# --- case 3: no tracebacks -------------------------------------------------------------------
+# --- case 3: no tracebacks: deep nesting, junk run folders in clapkit runs ------------------
 
 @pytest.mark.parametrize("body", [
     "x = " + "[" * 5000 + "]" * 5000,                       # the parser's RecursionError
@@ -200,10 +249,10 @@ def test_deeply_nested_override_is_one_line(capsys):
     assert rc == 2 and "more than 32 dotted parts" in err
 
 
-# --- case 3 (and 8): clapkit runs on junk run folders; eval and incremental figures ----------
-
 GOOD_SUMMARY = '{"epochs": 4, "best/valid_uar": 0.625, "best/test_war": 0.5, ' \
     '"best/test_uar": 0.4}'
+
+
 JUNK: dict[str, dict[str, str | bytes | None]] = {
     # folder name -> files (None: a folder of that name; bytes: raw content)
     "empty-summary": {"summary.json": ""},
@@ -299,34 +348,7 @@ def test_results_table_survives_junk_run_folders(junk_runs, capsys):
     assert "incremental" in out and "42.0" in out
 
 
-def test_incremental_confusion_figures_show_only_the_seen_classes(tmp_path, monkeypatch):
-    """Case 8: after task 0 of 3 (2 of 6 classes seen) the confusion figures are 2x2."""
-    from types import SimpleNamespace
-
-    import clapkit_plugins.loggers.plots as plots
-    from clapkit.interfaces import BuildContext
-    from clapkit.plugins import get_plugin_host
-
-    drawn: list[tuple[list[list[int]], list[str] | None, str]] = []
-    monkeypatch.setattr(plots, "plot_confusion",
-                        lambda conf, names, path, **kw: drawn.append((conf, names, path.name)))
-    entry = get_plugin_host(autoload_third_party=False).registries.logger.get("plots")
-    logger = entry.factory(entry.config_cls(), BuildContext())
-    run = SimpleNamespace(out_dir=tmp_path / "run", recipe=SimpleNamespace(
-        run=SimpleNamespace(name="inc"), stages=[]), rank=0,
-        class_names=[f"c{i}" for i in range(6)], num_tasks=3,
-        task_classes=[[0, 1], [2, 3], [4, 5]])
-    full = [[i * 6 + j for j in range(6)] for i in range(6)]
-    logger.clapkit_epoch_end(run=run, task=0, stage="s", epoch=0,
-                             metrics={"valid/confusion": full, "valid/uar": 0.5})
-    logger.clapkit_task_end(run=run, task=1, metrics={"valid/confusion": full})
-    assert [(len(c), len(c[0]), n, f) for c, n, f in drawn] == [
-        (2, 2, ["c0", "c1"], "confusion_best_t0.png"),
-        (4, 4, ["c0", "c1", "c2", "c3"], "confusion_final_t1.png")]
-    assert drawn[0][0] == [[0, 1], [6, 7]]
-
-
-# --- case 4: metrics only inside the run folder ------------------------------------------------
+# --- case 4: metrics only inside the run folder ---------------------------------------------
 
 @pytest.mark.parametrize("where", ["/tmp/elsewhere", "../..", "logs/../../x", "~/x", "C:/x"])
 @pytest.mark.parametrize("plugin,key", [("jsonl", "dir"), ("plots", "subdir"),
@@ -343,7 +365,7 @@ def test_logger_folders_outside_the_run_are_refused(tmp_path, plugin, key, where
     assert len(err.strip().splitlines()) == 1
 
 
-# --- case 5: frames overwritten in place change the dataset fingerprint ------------------------
+# --- case 5: frames overwritten in place change the dataset fingerprint ---------------------
 
 def test_a_frame_overwritten_in_place_changes_the_fingerprint(tmp_path):
     from PIL import Image
@@ -403,7 +425,7 @@ def test_the_dataset_fingerprint_follows_an_overwritten_frame(tmp_path):
     assert src.fingerprint("train") != before
 
 
-# --- case 6: a held cache lock says who holds it and how long the build waits ------------------
+# --- case 6: a held cache lock says who holds it and how long the build waits ---------------
 
 def test_a_cache_lock_of_a_live_process_is_reported_not_waited_on_silently(tmp_path, caplog):
     import logging
@@ -445,6 +467,35 @@ def test_a_cache_lock_naming_another_host_says_so(tmp_path, caplog):
     assert "host some-other-node (another machine" in said and "waiting up to" in said
 
 
+# --- case 8: eval and incremental figures in runs (in case 3); confusion of seen classes ----
+
+def test_incremental_confusion_figures_show_only_the_seen_classes(tmp_path, monkeypatch):
+    """Case 8: after task 0 of 3 (2 of 6 classes seen) the confusion figures are 2x2."""
+    from types import SimpleNamespace
+
+    import clapkit_plugins.loggers.plots as plots
+    from clapkit.interfaces import BuildContext
+    from clapkit.plugins import get_plugin_host
+
+    drawn: list[tuple[list[list[int]], list[str] | None, str]] = []
+    monkeypatch.setattr(plots, "plot_confusion",
+                        lambda conf, names, path, **kw: drawn.append((conf, names, path.name)))
+    entry = get_plugin_host(autoload_third_party=False).registries.logger.get("plots")
+    logger = entry.factory(entry.config_cls(), BuildContext())
+    run = SimpleNamespace(out_dir=tmp_path / "run", recipe=SimpleNamespace(
+        run=SimpleNamespace(name="inc"), stages=[]), rank=0,
+        class_names=[f"c{i}" for i in range(6)], num_tasks=3,
+        task_classes=[[0, 1], [2, 3], [4, 5]])
+    full = [[i * 6 + j for j in range(6)] for i in range(6)]
+    logger.clapkit_epoch_end(run=run, task=0, stage="s", epoch=0,
+                             metrics={"valid/confusion": full, "valid/uar": 0.5})
+    logger.clapkit_task_end(run=run, task=1, metrics={"valid/confusion": full})
+    assert [(len(c), len(c[0]), n, f) for c, n, f in drawn] == [
+        (2, 2, ["c0", "c1"], "confusion_best_t0.png"),
+        (4, 4, ["c0", "c1", "c2", "c3"], "confusion_final_t1.png")]
+    assert drawn[0][0] == [[0, 1], [6, 7]]
+
+
 def test_incremental_console_confusion_shows_only_the_seen_classes(tmp_path, capsys):
     from types import SimpleNamespace
 
@@ -462,50 +513,3 @@ def test_incremental_console_confusion_shows_only_the_seen_classes(tmp_path, cap
                                                        "acc_seen": 1.0})
     out = capsys.readouterr().out
     assert "class1" in out and "class2" not in out, out      # 2 of 6 classes seen
-
-
-@pytest.mark.parametrize("seeds,message", [
-    ("0-1000000000", "names more than 1000 seeds"),            # was a list of 1e9 ints
-    ("0-600,601-1200", "names more than 1000 seeds"),
-    ("99999999999999999999", "above the largest seed 4294967295"),
-])
-def test_run_seeds_is_bounded(tmp_path, seeds, message, capsys):
-    """Case 2: ``--seeds`` starts one run per seed; it is refused before any list is built."""
-    rc, err = _main_exit(["run", str(STAGED), "--seeds", seeds, "--out", str(tmp_path / "o")],
-                         capsys)
-    assert rc == 2 and message in err, err
-    assert not (tmp_path / "o").exists()
-
-
-def test_detect_faces_frames_is_bounded(tmp_path, capsys):
-    rc, err = _main_exit(["data", "detect-faces", str(tmp_path), "--dataset", "caer",
-                          "--frames", "1000000000"], capsys)
-    assert rc == 2 and "--frames" in err and "1<=x<=1024" in err, err
-
-
-# --- case 1 (more): symlinked modules and namespace-package portions in a run folder ----------
-
-def test_a_symlinked_module_in_the_run_folder_is_refused(tmp_path):
-    run = _booby_trapped_run(tmp_path / "run")
-    real = tmp_path / "elsewhere.py"
-    (run / "evil.py").rename(real)
-    (run / "evil.py").symlink_to(real)
-    res = _cli("eval", ".", cwd=run)
-    assert res.returncode == 2 and "--trust-run-code" in res.stderr, res.stderr
-    assert not (tmp_path / "PWNED").exists() and not (run / "PWNED").exists()
-
-
-def test_a_namespace_package_portion_in_the_run_folder_is_refused(tmp_path):
-    run = tmp_path / "run"
-    (run / "nspkg").mkdir(parents=True)                   # no __init__.py: a namespace package
-    (run / "recipe.toml").write_text('plugins = ["nspkg.evil"]\n[run]\nname = "x"\n')
-    (run / "nspkg" / "evil.py").write_text(
-        "import pathlib\npathlib.Path(__file__).parent.with_name('PWNED').write_text('ran')\n")
-    res = _script("eval", str(run), cwd=tmp_path)
-    assert res.returncode == 2 and "would be imported from the run folder" in res.stderr
-    assert "PYTHONPATH" not in res.stderr and not (run / "PWNED").exists()
-    res = _cli("eval", ".", cwd=run)
-    assert res.returncode == 2 and "would be imported from the run folder" in res.stderr
-    assert not (run / "PWNED").exists()
-    res = _script("eval", "--trust-run-code", str(run), cwd=tmp_path)
-    assert (run / "PWNED").read_text() == "ran"          # the module is real code: opt-in runs it
