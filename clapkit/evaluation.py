@@ -49,6 +49,7 @@ class Prepared:
     checkpoint: str      # "best" | "last" | "none"
     position: dict[str, Any] | None = None
     backbone_trained: bool = False
+    ctx: Any = None      # the BuildContext the pipeline was built with (loggers use it)
 
 
 def is_run_dir(path: Path) -> bool:
@@ -120,7 +121,7 @@ def prepare(recipe: Recipe, host: PluginHost, *, checkpoint: Path | None = None,
     return Prepared(recipe=recipe, pipeline=pipeline, data=data, source=parts.source, scenario=sc,
                     device=device, class_names=list(parts.ctx.class_names), task=task,
                     checkpoint=checkpoint_name, position=position,
-                    backbone_trained=trained_backbone)
+                    backbone_trained=trained_backbone, ctx=parts.ctx)
 
 
 def _step_config(prep: Prepared, desc: str) -> Any:
@@ -198,6 +199,56 @@ def evaluate_prepared(prep: Prepared, split: str) -> dict[str, Any]:
     return out
 
 
+class _PreparedRun:
+    """What a :class:`TaskEvaluation` reads of a trainer, over a prepared evaluation."""
+
+    def __init__(self, prep: Prepared) -> None:
+        from .engine.distributed import DistInfo
+        self.prep, self.data, self.scenario, self.info = prep, prep.data, prep.scenario, DistInfo()
+
+    def use_cache_for_eval(self) -> bool:
+        return use_cache(self.prep)
+
+    def step_cfg(self, task: int, desc: str) -> Any:
+        return _step_config(self.prep, desc)
+
+
+def hooked_metrics(prep: Prepared, split: str, host: PluginHost,
+                   result: dict[str, Any]) -> dict[str, Any]:
+    """What the recipe's evaluation plugins (``clapkit_task_evaluate``: retrieval,
+    captioning, ...) add on ``split``, as at a run's task end; they write no files here
+    (the eval JSON holds their figures)."""
+    from .build import build_component
+    from .engine.state import RunState
+    from .engine.task_eval import PLUGIN_METRICS, TaskEvaluation, merge_plugin_metrics
+    listeners = [build_component(spec, prep.ctx) for spec in prep.recipe.log.values()]
+    listeners = [obj for obj in listeners if hasattr(obj, "clapkit_task_evaluate")]
+    sc = prep.scenario
+    ev = TaskEvaluation(task=prep.task, seen_classes=sc.seen(prep.task) if sc.incremental
+                        else None, num_tasks=sc.num_tasks, task_of_class=list(sc.task_of_class),
+                        splits={split: split_name(prep, split)}, pipeline=prep.pipeline,
+                        tr=_PreparedRun(prep))
+    run = RunState(recipe=prep.recipe, out_dir=None, device=prep.device,
+                   class_names=list(prep.class_names), num_tasks=sc.num_tasks, task=prep.task)
+    for n, obj in enumerate(listeners):
+        host.register_listener(obj, name=f"eval-{n}@{id(obj)}")
+    try:
+        extra: dict[str, Any] = {}
+        hook = host.hook.clapkit_task_evaluate
+        added = merge_plugin_metrics(extra, hook(run=run, task=prep.task, evaluation=ev),
+                                     hook.name)
+    finally:
+        for obj in listeners:
+            host.unregister_listener(obj)
+    clash = sorted(set(added) & set(result))
+    if clash:
+        raise ClapkitError(f"an evaluation plugin returned metric '{clash[0]}', which "
+                           "clapkit eval already reports; choose another name")
+    if added:
+        extra[PLUGIN_METRICS] = added
+    return extra
+
+
 def eval_target(target: Path, host: PluginHost, *, checkpoint: str | None = None,
                 split: str = "valid", out: Path | None = None,
                 overrides: tuple[str, ...] | list[str] = (),
@@ -233,6 +284,7 @@ def eval_target(target: Path, host: PluginHost, *, checkpoint: str | None = None
     else:
         raise ClapkitError(f"{target}: no such run folder or recipe file")
     result = evaluate_prepared(prep, split)
+    result.update(hooked_metrics(prep, split, host, result))
     result = {"target": str(target), "kind": kind, **result}
     atomic_write_json(dest, result)
     return result, dest
@@ -255,4 +307,9 @@ def format_result(result: dict[str, Any]) -> list[str]:
                               [result["support"][n] for n in names], indent="    ")
     lines.append("  confusion matrix:")
     lines += format_confusion(result["confusion"], names, indent="    ")
+    hooked = [k for k in result.get("plugin_metrics", [])
+              if isinstance(result.get(k), (int, float))]
+    if hooked:
+        lines.append("  evaluation plugins (%): " + " | ".join(
+            f"{k} {pct(result[k])}" for k in hooked))
     return lines

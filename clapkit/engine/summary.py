@@ -20,6 +20,7 @@ from ..atomic import atomic_write_json
 from . import checkpoint as ckpt
 from .distributed import barrier
 from .resume import best_path
+from .task_eval import PLUGIN_METRICS
 
 
 def load_selected(tr: Any, task: int) -> str:
@@ -79,6 +80,12 @@ def build_summary(tr: Any, final: dict[str, Any], seconds: float) -> dict[str, A
     if r.memory.size > 0:
         out["memory_size"] = r.memory.size
     out.update(tr.best.metrics())
+    last = getattr(tr, "last_task_metrics", None) or {}
+    hooked = [k for k in last.get(PLUGIN_METRICS, []) if k in last and k not in out]
+    if hooked:                       # retrieval, captioning, ...: the evaluation plugins'
+        out.update({k: last[k] for k in hooked})
+        figures[", ".join(hooked)] = ("the model at the end of the last task (the recipe's "
+                                      "evaluation plugins)")
     if tr.scenario.incremental:
         out.update(tr.acc.summary())
         out["accuracy_matrix"] = tr.acc.to_dict()["rows"]

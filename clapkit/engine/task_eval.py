@@ -11,7 +11,8 @@ classes -- scored by energy, max softmax, MC variance and entropy with AUROC/AUP
 Metric keys (task-end ``metrics``): ``acc_seen``, ``valid/war``, ``valid/uar``,
 ``valid/confusion``, ``acc_task/<j>``, ``task_aware_acc``, ``ece``, ``test/war``,
 ``test/uar``, ``test/confusion``, ``ood/<score>/<auroc|aupr|fpr95>`` (not after the last
-task), ``ood/split``, ``memory_size``. Then every ``clapkit_task_evaluate`` hook adds its own.
+task), ``ood/split``, ``memory_size``. Then every ``clapkit_task_evaluate`` hook adds its own,
+and ``plugin_metrics`` lists their names (``summary.json`` copies those of the last task).
 """
 
 from __future__ import annotations
@@ -116,14 +117,32 @@ def plugin_metrics(tr: Any, task: int, ev: TaskEvaluation, metrics: dict[str, An
     """``metrics`` plus what every implementation of ``hook`` (``clapkit_task_evaluate``
     by default) returns: retrieval, captioning, ... arrive here, beside accuracy; a name set
     twice is an error."""
+    task_end = hook is None
     hook = hook or tr.host.hook.clapkit_task_evaluate
-    for extra in hook(run=tr.state, task=task, evaluation=ev, **extra_args):
+    added = merge_plugin_metrics(metrics, hook(run=tr.state, task=task, evaluation=ev,
+                                               **extra_args), hook.name)
+    if added and task_end:
+        metrics[PLUGIN_METRICS] = added
+    return metrics
+
+
+#: the metrics key listing the names the evaluation hooks added (summary.json copies them)
+PLUGIN_METRICS = "plugin_metrics"
+
+
+def merge_plugin_metrics(metrics: dict[str, Any], results: Sequence[dict[str, Any] | None],
+                         hook_name: str) -> list[str]:
+    """Put every hook result into ``metrics``; a name set twice is an error. Returns the
+    names added, sorted."""
+    added: list[str] = []
+    for extra in results:
         for k, v in (extra or {}).items():
-            if k in metrics:
-                raise ClapkitError(f"a {hook.name} hook returned metric '{k}', "
+            if k in metrics or k == PLUGIN_METRICS:
+                raise ClapkitError(f"a {hook_name} hook returned metric '{k}', "
                                    "which is already set; choose another name")
             metrics[k] = v
-    return metrics
+            added.append(k)
+    return sorted(added)
 
 
 def novelty_detection(ev: TaskEvaluation) -> dict[str, Any]:
