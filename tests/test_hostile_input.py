@@ -171,14 +171,9 @@ def test_detect_faces_frames_is_bounded(tmp_path, capsys):
     assert rc == 2 and "--frames" in err and "1<=x<=1024" in err, err
 
 
-#: size options of plugins whose files another engineer owns at the time of writing (issue
-#: 18): still unbounded; the test fails when one gains a bound, so the list only shrinks
-NOT_YET_BOUNDED = {
-    "adapter:vga.layers", "adapter:vga.heads", "adapter:vga.ff_dim",
-    "adapter:variational.global_samples", "loss:caption_lm.layers", "loss:caption_lm.heads",
-    "loss:caption_lm.vocab_size", "loss:itc.queue_size", "loss:itm.layers", "loss:itm.heads",
-    "logger:image_text.caption_images", "logger:image_text.batch_size",
-}
+#: size options still unbounded (none now; the test fails when one gains a bound, so the
+#: list only shrinks)
+NOT_YET_BOUNDED: set[str] = set()
 
 
 SIZE_NAME = ("heads", "depth", "layers", "n_ctx", "size", "views", "grid", "batch", "queue",

@@ -61,6 +61,7 @@ from clapkit.functional import step_randn
 from clapkit.interfaces import Adapter, BuildContext, StepContext, TextAdapterOutput
 from clapkit.text_prompts import (TemplateChoice, check_templates, template_features,
                                   template_set_ok)
+from clapkit.validators import size
 
 DEFAULT_TEMPLATES = ["a photo of a {}.", "a bad photo of a {}.", "a photo of the large {}.",
                      "a photo of the small {}.", "a rendering of a {}.", "itap of a {}."]
@@ -92,7 +93,7 @@ class VariationalConfig(TemplateChoice):
     (``cosine``) sees as noise."""
 
     hierarchical: bool = False
-    global_samples: int = attrs.field(default=1, validator=attrs.validators.gt(0))
+    global_samples: int = attrs.field(default=1, validator=size(10_000))
     init: Literal["random", "text"] = attrs.field(
         default="random", validator=attrs.validators.in_(("random", "text")))
     templates: list[str] = attrs.field(factory=lambda: list(DEFAULT_TEMPLATES),

@@ -31,6 +31,7 @@ from torch import nn
 from clapkit import hookimpl
 from clapkit.errors import ClapkitError
 from clapkit.interfaces import Adapter, BuildContext, StepContext, TextAdapterOutput
+from clapkit.validators import size
 
 
 @attrs.frozen
@@ -39,9 +40,9 @@ class VGAConfig:
     ``context``: "per_sample" (batch-independent) or "per_batch" (reference);
     ``normalize_image``: L2-normalise z before it is used as keys/values (reference: yes)."""
 
-    layers: int = attrs.field(default=1, validator=attrs.validators.gt(0))
-    heads: int = attrs.field(default=1, validator=attrs.validators.gt(0))
-    ff_dim: int = attrs.field(default=2048, validator=attrs.validators.gt(0))
+    layers: int = attrs.field(default=1, validator=size(48))
+    heads: int = attrs.field(default=1, validator=size(128))
+    ff_dim: int = attrs.field(default=2048, validator=size(65_536))
     dropout: float = attrs.field(default=0.1, validator=[attrs.validators.ge(0.0),
                                                          attrs.validators.lt(1.0)])
     context: Literal["per_sample", "per_batch"] = attrs.field(

@@ -62,9 +62,9 @@ class ImageTextEvalConfig:
     max_length: int = attrs.field(default=20, validator=[_v.ge(1), _v.le(76)])
     min_length: int = attrs.field(default=3, validator=[_v.ge(0), _v.le(76)])
     repetition_penalty: float = attrs.field(default=1.0, validator=[_v.gt(0.0), _v.le(100.0)])
-    caption_images: int = attrs.field(default=0, validator=_v.ge(0))
+    caption_images: int = attrs.field(default=0, validator=v.size(10_000_000, lo=0))
     examples: int = attrs.field(default=5, validator=[_v.ge(0), _v.le(1000)])
-    batch_size: int = attrs.field(default=64, validator=v.positive())
+    batch_size: int = attrs.field(default=64, validator=v.size(v.MAX_BATCH))
 
     def __attrs_post_init__(self) -> None:
         if self.min_length > self.max_length:

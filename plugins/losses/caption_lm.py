@@ -22,6 +22,7 @@ from torch import nn
 from clapkit import hookimpl
 from clapkit.errors import ClapkitError
 from clapkit.interfaces import BuildContext, Loss
+from clapkit.validators import size
 
 from ._grounded_text import DecoderParts, GroundedTextTransformer
 
@@ -95,11 +96,11 @@ class CaptionLmConfig:
     smoothing: float = attrs.field(default=0.1, validator=[_v.ge(0.0), _v.lt(1.0)])
     decoder: str = attrs.field(default="auto", validator=_v.in_(DECODERS))
     share_with: str = ""
-    layers: int = attrs.field(default=2, validator=_v.ge(1))
-    heads: int = attrs.field(default=0, validator=_v.ge(0))
+    layers: int = attrs.field(default=2, validator=size(48))
+    heads: int = attrs.field(default=0, validator=size(128, lo=0))
     image_tokens: str = attrs.field(default="features",
                                     validator=_v.in_(("features", "patches")))
-    vocab_size: int = attrs.field(default=49408, validator=_v.ge(2))
+    vocab_size: int = attrs.field(default=49408, validator=size(1_000_000, lo=2))
     pad_id: int = 0
     caption_template: str = "a photo of a {}."
 

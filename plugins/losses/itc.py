@@ -39,6 +39,7 @@ from clapkit import hookimpl
 from clapkit.errors import ClapkitError
 from clapkit.interfaces import BuildContext, Loss
 from clapkit.snapshot import frozen_copy
+from clapkit.validators import size
 
 from .moco_rank import gather_all
 
@@ -271,7 +272,7 @@ class ItcConfig:
 
     momentum_model: bool = False
     momentum: float = attrs.field(default=0.995, validator=[_v.ge(0.0), _v.le(1.0)])
-    queue_size: int = attrs.field(default=0, validator=_v.ge(0))
+    queue_size: int = attrs.field(default=0, validator=size(2 ** 20, lo=0))
     alpha: float = attrs.field(default=0.0, validator=[_v.ge(0.0), _v.le(1.0)])
     alpha_ramp_steps: int = attrs.field(default=0, validator=_v.ge(0))
     gather: bool = True

@@ -29,6 +29,7 @@ from torch import nn
 from clapkit import hookimpl
 from clapkit.errors import ClapkitError
 from clapkit.interfaces import BuildContext, Loss
+from clapkit.validators import size
 
 from ._grounded_text import GroundedTextTransformer
 
@@ -127,8 +128,8 @@ class ItmConfig:
     "patches" (the vision tower's token output, BLIP; needs pixels); ``caption_template``:
     the caption of an item without captions."""
 
-    layers: int = attrs.field(default=2, validator=_v.ge(1))
-    heads: int = attrs.field(default=0, validator=_v.ge(0))
+    layers: int = attrs.field(default=2, validator=size(48))
+    heads: int = attrs.field(default=0, validator=size(128, lo=0))
     share_self_attention: bool = False
     image_tokens: str = attrs.field(default="features",
                                     validator=_v.in_(("features", "patches")))
