@@ -32,6 +32,19 @@ def stage_items(tr: Any, task: int, stage: StageConfig) -> list[int]:
     return sorted(set(new) | set(tr.memory))
 
 
+#: step outputs that do not depend on the prompts' text features
+IMAGE_SIDE_OUTPUTS = frozenset({"z", "features", "raw", "stream_z", "step"})
+
+
+def losses_read_text(pipe: Any) -> bool:
+    """Whether some loss reads an output the prompts' text features feed (logits, text,
+    views, aux, distributions): only then must prompts refresh at every step while the text
+    tower trains. Without such a loss the train accuracy of an epoch uses the prompts of
+    its start."""
+    return any(n not in IMAGE_SIDE_OUTPUTS for loss in pipe.losses.values()
+               for n in getattr(loss, "needs", ("logits",)))
+
+
 def text_tower_trains(backbone: torch.nn.Module, params: dict[str, torch.nn.Parameter]) -> bool:
     """Whether any of the trained ``backbone.*`` parameters moves the text features (one
     probe through ``encode_text``: exact for any backbone, whatever its parameter names)."""
@@ -63,8 +76,10 @@ def run_stage(tr: Any, task: int, s_idx: int, stage: StageConfig, first_epoch: i
     if any(n.startswith("backbone.") for n in params):
         tr.backbone_trained = True
     # a trained text tower makes features derived from it at build time stale: prompts
-    # recompute them every step of this stage
-    pipe.refresh_each_step = text_tower_trains(pipe.backbone, params)
+    # recompute them every step of this stage -- when a loss reads them; else once per epoch,
+    # before the evaluation (image-text objectives encode their own captions)
+    tower_moves = text_tower_trains(pipe.backbone, params)
+    pipe.refresh_each_step = tower_moves and losses_read_text(pipe)
     groups = param_groups(params, stage, file=r.file, key=key, task=task)
     group_names = [g.pop("name") for g in groups]
     optimizer = build_optimizer(groups, stage)
@@ -94,7 +109,7 @@ def run_stage(tr: Any, task: int, s_idx: int, stage: StageConfig, first_epoch: i
                                     f"{epoch + 1}/{stage.epochs}")
             stats = train_epoch(model, pipe, loader, optimizer, scheduler, scaler, epoch, cfg,
                                 tr.info)
-            if pipe.refresh_each_step:
+            if tower_moves:
                 pipe.refresh_prompts()          # evaluation sees the tower as it is now
             metrics: dict[str, Any] = {}
             tr_m = stats.meter.compute()

@@ -16,7 +16,8 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -29,6 +30,24 @@ from .itc import id_codes
 #: batch key under which one step's shared encodings are kept
 MEMO = "_image_text"
 IMAGE_TOKEN_SOURCES = ("features", "patches")
+
+
+#: per backbone, caption -> its token row: a caption set is tokenised once per run, not at
+#: every step (open_clip's BPE tokenizer costs ~20 ms per batch of 32, as much as the step)
+_TOKENS: "weakref.WeakKeyDictionary[Backbone, dict[str, torch.Tensor]]" = \
+    weakref.WeakKeyDictionary()
+MAX_CACHED_CAPTIONS = 500_000
+
+
+def tokenize_cached(backbone: Backbone, captions: Sequence[str]) -> torch.Tensor:
+    """``backbone.tokenize(captions)``, each distinct caption tokenised once."""
+    cache = _TOKENS.setdefault(backbone, {})
+    missing = list(dict.fromkeys(c for c in captions if c not in cache))
+    if missing:
+        if len(cache) + len(missing) > MAX_CACHED_CAPTIONS:
+            cache.clear()
+        cache.update(zip(missing, backbone.tokenize(missing)))
+    return torch.stack([cache[c] for c in captions])
 
 
 def memo(batch: dict[str, Any], key: str, compute: Callable[[], Any]) -> Any:
@@ -68,7 +87,7 @@ def text_encoding(batch: dict[str, Any], backbone: Backbone, captions: list[str]
     """``(tokens [B,L], token states or None)`` of the step's captions; the pooled text
     features are ``states.pooled`` (or ``memo 'text_pooled'`` without token states)."""
     def encode() -> tuple[torch.Tensor, TokenStates | None]:
-        tokens = backbone.tokenize(captions)
+        tokens = tokenize_cached(backbone, captions)
         if "text_tokens" in getattr(backbone, "capabilities", ()):
             return tokens, backbone.encode_text_tokens(tokens)
         if tokens_needed:

@@ -8,7 +8,7 @@ import copy
 import attrs
 import torch
 
-from clapkit.engine.stage_runner import text_tower_trains
+from clapkit.engine.stage_runner import losses_read_text, text_tower_trains
 from clapkit_plugins.prompts.handcrafted import encode_sentences
 
 
@@ -50,3 +50,17 @@ def test_coop_refresh_rereads_the_class_name_embeddings(make, ctx, tiny_clip):
     p.refresh()
     torch.testing.assert_close(p.embedded, bb.token_embedding(p.tokens).float())
     assert not torch.allclose(p().text.detach(), before)
+
+
+def test_prompts_refresh_every_step_only_when_a_loss_reads_text(make, ctx):
+    """Image-text objectives encode their own captions: with only them, a trained text tower
+    refreshes the prompts once per epoch (before the evaluation), not at every step."""
+    class Pipe:
+        def __init__(self, losses):
+            self.losses = losses
+    image_side = {"itc": type("L", (), {"needs": ("z",)})(),
+                  "itm": type("L", (), {"needs": ("z", "features")})()}
+    assert not losses_read_text(Pipe(image_side))
+    for needs in (("logits",), ("z", "views.text"), ("aux.variational.mean",), ("text",)):
+        assert losses_read_text(Pipe({**image_side, "x": type("L", (), {"needs": needs})()}))
+    assert losses_read_text(Pipe({"ce": make("loss", "cross_entropy", ctx)}))
