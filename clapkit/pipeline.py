@@ -67,6 +67,9 @@ class Pipeline(nn.Module):
         self.image_prompt: str | None = encoders[0] if encoders else None
         #: set by the engine while a stage trains the text tower: prompts refresh each step
         self.refresh_each_step = False
+        #: set by the engine from ``[[stages]] losses``: the terms the stage computes (None:
+        #: every term)
+        self.active_losses: frozenset[str] | None = None
         #: frozen copy of the text adapters before the first ``reads_previous_input`` one, as
         #: they were at the end of the previous task (buffers: saved, never trained)
         self.text_snapshot: nn.ModuleDict | None = None
@@ -294,11 +297,13 @@ class Pipeline(nn.Module):
 
     def compute_losses(self, outputs: dict[str, Any], batch: dict[str, Any],
                        epoch: int) -> tuple[torch.Tensor, dict[str, float]]:
-        """``total = sum_i w_i(epoch) * L_i``; every term is returned for logging."""
+        """``total = sum_i w_i(epoch) * L_i`` over the stage's terms (``active_losses``);
+        every term is returned for logging (0 for a term the stage leaves out)."""
         total = outputs["z"].new_zeros((), dtype=torch.float32)
         terms: dict[str, float] = {}
         for name, loss in self.losses.items():
-            w = self.loss_keys[name].weight_at(epoch)
+            active = self.active_losses is None or name in self.active_losses
+            w = self.loss_keys[name].weight_at(epoch) if active else 0.0
             if w == 0.0:
                 terms[name] = 0.0
                 continue

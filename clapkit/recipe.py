@@ -29,6 +29,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
@@ -524,7 +525,19 @@ def validate(table: dict[str, Any], prov: Provenance, host: PluginHost,
                                     host)
     if missing:  # after the present sections, so a typo is reported before its consequence
         raise RecipeError(file, missing[0], f"required section [{missing[0]}] is missing")
+    _check_stage_losses(stages, comps.get("losses") or {}, where_dotted)
     return Recipe(file=file, plugins=tuple(plugins), stages=stages, **plain, **comps)
+
+
+def _check_stage_losses(stages: Sequence[StageConfig], losses: dict[str, Any],
+                        where_dotted: Callable[[str], str]) -> None:
+    """``[[stages]] losses`` names terms the recipe defines."""
+    for i, st in enumerate(stages):
+        for name in st.losses:
+            if name not in losses:
+                raise RecipeError(where_dotted(f"stages[{i}]"), f"stages[{i}].losses",
+                                  f"stage '{st.name}' names loss '{name}', which the recipe "
+                                  "does not define", allowed=sorted(losses), got=name)
 
 
 def _component(section: str, kind: str, keys_cls: type, raw: dict[str, Any], file: str,

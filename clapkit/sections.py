@@ -195,6 +195,9 @@ class StageConfig:
     # after_memory: run after the replay-memory update of the task (CLAP4CLIP's
     # class-balanced finetuning), instead of before it
     after_memory: bool = False
+    # losses: the [losses.NAME] terms this stage computes (empty: all of them); e.g. a
+    # contrastive stage, then one that adds the grounded objectives
+    losses: list[str] = attrs.field(factory=list, validator=v.each(v.non_empty))
 
     def runs_in(self, task: int) -> bool:
         """Whether this stage trains in (0-based) ``task``."""

@@ -41,7 +41,9 @@ def losses_read_text(pipe: Any) -> bool:
     views, aux, distributions): only then must prompts refresh at every step while the text
     tower trains. Without such a loss the train accuracy of an epoch uses the prompts of
     its start."""
-    return any(n not in IMAGE_SIDE_OUTPUTS for loss in pipe.losses.values()
+    active = getattr(pipe, "active_losses", None)
+    return any(n not in IMAGE_SIDE_OUTPUTS for name, loss in pipe.losses.items()
+               if active is None or name in active
                for n in getattr(loss, "needs", ("logits",)))
 
 
@@ -79,6 +81,7 @@ def run_stage(tr: Any, task: int, s_idx: int, stage: StageConfig, first_epoch: i
     # recompute them every step of this stage -- when a loss reads them; else once per epoch,
     # before the evaluation (image-text objectives encode their own captions)
     tower_moves = text_tower_trains(pipe.backbone, params)
+    pipe.active_losses = frozenset(stage.losses) if stage.losses else None
     pipe.refresh_each_step = tower_moves and losses_read_text(pipe)
     groups = param_groups(params, stage, file=r.file, key=key, task=task)
     group_names = [g.pop("name") for g in groups]
@@ -141,6 +144,7 @@ def run_stage(tr: Any, task: int, s_idx: int, stage: StageConfig, first_epoch: i
                       optimizer, scheduler, scaler)
     finally:
         pipe.refresh_each_step = False
+        pipe.active_losses = None
     if steps and skipped == steps:
         raise ClapkitError(f"{r.file}: stage '{stage.name}' trained nothing: in none of its "
                            "steps did the total loss depend on the parameters it selects "
