@@ -131,6 +131,15 @@ def test_itm_loss_over_positives_and_hard_negatives():
 
 
 def test_image_text_benchmark_runs_and_reports_ratios(tmp_path):
+    mod = _image_text_benchmark()
+    rows = mod.main(["--batch", "4", "--sampling-batch", "8", "--steps", "1", "--warmup", "0",
+                     "--length", "12", "--queue", "16", "--json", str(tmp_path / "r.jsonl")])
+    assert rows[0]["step_ratio"] > 0 and rows[1]["sampling_ratio"] > 0
+    assert rows[0]["vectorised_peak_mb"] is not None and rows[0]["naive_peak_mb"] is not None
+    assert len((tmp_path / "r.jsonl").read_text().splitlines()) == 2
+
+
+def _image_text_benchmark():
     import importlib.util
     from pathlib import Path
 
@@ -138,7 +147,36 @@ def test_image_text_benchmark_runs_and_reports_ratios(tmp_path):
     spec = importlib.util.spec_from_file_location("image_text_step", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    rows = mod.main(["--batch", "4", "--sampling-batch", "8", "--steps", "1", "--warmup", "0",
-                     "--length", "12", "--queue", "16", "--json", str(tmp_path / "r.jsonl")])
-    assert rows[0]["step_ratio"] > 0 and rows[1]["sampling_ratio"] > 0
-    assert len((tmp_path / "r.jsonl").read_text().splitlines()) == 2
+    return mod
+
+
+def test_image_text_benchmark_coca_rows_report_clapkit_next_to_open_clip(tmp_path):
+    """The CoCa rows on the tiny CoCa: clapkit's ITC + LM step and open_clip's CoCa forward +
+    CoCaLoss, on identical weights and batch, with step time, peak memory and the ratios."""
+    import json
+
+    import torch
+
+    mod = _image_text_benchmark()
+    out = tmp_path / "coca.jsonl"
+    rows = mod.main(["--model", "clapkit-tiny-coca", "--batch", "2", "--warmup", "1",
+                     "--steps", "1", "--words", "4", "--one-image-pass", "--json", str(out)])
+    saved = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == len(saved) == 1
+    row = saved[0]
+    assert row["model"] == "clapkit-tiny-coca" and row["batch"] == 2
+    for key in ("clapkit_step_s", "open_clip_step_s", "step_ratio", "clapkit_peak_mb",
+                "open_clip_peak_mb", "memory_ratio", "memory", "within_1_15x",
+                "clapkit_one_pass_step_s", "one_pass_ratio"):
+        assert key in row, key
+    assert row["clapkit_step_s"] > 0 and row["open_clip_step_s"] > 0
+    assert row["step_ratio"] == row["clapkit_step_s"] / row["open_clip_step_s"]
+    assert "getrusage" in row["memory"]
+    # both sides start from the same weights and compute the same loss on the same batch
+    pair = mod.CocaPair("clapkit-tiny-coca", torch.device("cpu"), 1.0, 2.0)
+    pair.set_batch(*mod.coca_batch(3, 5, pair.backbone.image_size))
+    with torch.no_grad():
+        want = pair.open_clip_loss()
+        torch.testing.assert_close(pair.clapkit_loss(), want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(pair.clapkit_one_image_pass_loss(), want, rtol=1e-5,
+                                   atol=1e-5)
