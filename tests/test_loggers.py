@@ -380,3 +380,32 @@ def test_plots_every_and_rank(registries, tmp_path):
     other = make_run(tmp_path / "r1", rank=1)
     drive(build(registries, "plots"), other)
     assert not other.out_dir.exists()
+
+
+def test_final_confusion_is_the_model_the_summary_reports(registries, tmp_path, figures):
+    """At run end confusion_final.png is redrawn from final/valid_confusion (best.pt when
+    the run selected), not left at the last epoch's matrix."""
+    run = make_run(tmp_path)
+    run.num_tasks = 1
+    host = PluginHost()
+    host.register_listener(build(registries, "plots"))
+    h = host.hook
+    h.clapkit_run_start(run=run)
+    h.clapkit_task_end(run=run, task=0, metrics={"valid/confusion": [[1, 0, 0]] * 3})
+    assert "end of training" in figures["confusion_final.png"].axes[0].get_title()
+    h.clapkit_run_end(run=run, summary={**SUMMARY, "final/checkpoint": "best",
+                                        "final/valid_confusion": [[1, 0, 0], [0, 1, 0],
+                                                                  [0, 0, 1]]})
+    assert "final model (best.pt)" in figures["confusion_final.png"].axes[0].get_title()
+
+
+def test_console_says_that_a_run_resumed(registries, tmp_path, capsys):
+    run = make_run(tmp_path)
+    host = PluginHost()
+    host.register_listener(build(registries, "console"))
+    host.hook.clapkit_run_start(run=run)
+    assert "resumed" not in capsys.readouterr().out
+    run.resumed_from = {"task": 2, "stage": 0, "epoch": 1, "phase": "epoch"}
+    host.hook.clapkit_run_start(run=run)
+    out = capsys.readouterr().out
+    assert "resumed from checkpoints/last.pt (task 2, stage 0, epoch 1, phase epoch)" in out

@@ -179,6 +179,12 @@ class ConsoleLogger:
         tasks = (f", {getattr(run, 'num_tasks', 1)} tasks" if self._incremental(run) else "")
         self._write(f"=== run {name}: {n_cls} classes{tasks}, "
                     f"output {getattr(run, 'out_dir', '?')} ===")
+        resumed = getattr(run, "resumed_from", None)
+        if resumed:
+            where = ", ".join(f"{k} {resumed[k]}" for k in ("task", "stage", "epoch", "phase")
+                              if k in resumed)
+            self._write(f"=== resumed from checkpoints/last.pt ({where}); the tables below "
+                        "include the tasks finished before the interruption ===")
 
     @hookimpl
     def clapkit_task_start(self, run: Any, task: int, classes: list[int]) -> None:

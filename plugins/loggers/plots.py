@@ -2,7 +2,10 @@
 
 * at each new best valid UAR: ``confusion_best.png`` (the model ``best.pt`` holds; per task
   ``confusion_best_t{task}.png`` in incremental runs), at each task end
-  ``confusion_final.png`` (``confusion_final_t{task}.png``); with ``per_epoch = true`` also
+  ``confusion_final.png`` (``confusion_final_t{task}.png``), and at run end (single-task
+  runs) ``confusion_final.png`` again from ``summary.json``'s ``final/valid_confusion``, i.e.
+  the model the final figures come from (``best.pt`` when the run selected one);
+  with ``per_epoch = true`` also
   ``confusion_t{task}_{stage}_e{epoch}.png`` every ``every`` epochs;
 * at stage, task and run end: ``learning_curves.png``: a title, train/valid WAR and UAR per
   epoch above the loss curve (total and terms), stage boundaries and names; after a resume
@@ -200,6 +203,15 @@ class PlotsLogger:
     def clapkit_run_end(self, run: Any, summary: dict[str, Any]) -> None:
         self._accuracy_matrix(run)
         self._curves(run)
+        conf = summary.get("final/valid_confusion")
+        out = self._dir(run)
+        if conf and out is not None and not self._incremental(run):
+            # the model the summary's final/* figures come from (best.pt when selected),
+            # drawn over the task-end (last epoch) matrix of the same name
+            which = summary.get("final/checkpoint", "last")
+            plot_confusion(conf, self._names(run, len(conf)), out / "confusion_final.png",
+                           title=f"valid confusion, final model ({which}.pt)",
+                           dpi=self.cfg.dpi)
 
 
 def build(cfg: PlotsConfig, ctx: BuildContext) -> PlotsLogger:
