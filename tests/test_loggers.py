@@ -409,3 +409,15 @@ def test_console_says_that_a_run_resumed(registries, tmp_path, capsys):
     host.hook.clapkit_run_start(run=run)
     out = capsys.readouterr().out
     assert "resumed from checkpoints/last.pt (task 2, stage 0, epoch 1, phase epoch)" in out
+
+
+def test_console_notes_what_train_accuracy_means_under_mixup(registries, tmp_path, capsys):
+    run = make_run(tmp_path)
+    host = PluginHost()
+    host.register_listener(build(registries, "console"))
+    host.hook.clapkit_run_start(run=run)
+    assert "mixup" not in capsys.readouterr().out
+    run.recipe.run.mixup_alpha = 0.2
+    host.hook.clapkit_run_start(run=run)
+    assert "run.mixup_alpha = 0.2: train WAR/UAR score each mixed image" in \
+        capsys.readouterr().out

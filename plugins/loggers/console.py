@@ -179,6 +179,12 @@ class ConsoleLogger:
         tasks = (f", {getattr(run, 'num_tasks', 1)} tasks" if self._incremental(run) else "")
         self._write(f"=== run {name}: {n_cls} classes{tasks}, "
                     f"output {getattr(run, 'out_dir', '?')} ===")
+        alpha = getattr(getattr(recipe, "run", None), "mixup_alpha", 0.0)
+        if isinstance(alpha, (int, float)) and alpha > 0:
+            self._write(f"note: run.mixup_alpha = {alpha:g}: train WAR/UAR score each mixed "
+                        "image against its first label (its weight lam ~ Beta(a, a) varies "
+                        "per batch), so they swing from epoch to epoch; valid and test "
+                        "figures are on unmixed images")
         resumed = getattr(run, "resumed_from", None)
         if resumed:
             where = ", ".join(f"{k} {resumed[k]}" for k in ("task", "stage", "epoch", "phase")
