@@ -40,25 +40,22 @@ tracemalloc does not see torch's tensors; the "memory" field names which), and t
 clapkit / open_clip (issue 15: the step within 1.15x). ``--profile N`` prints the N costliest
 operators of one step of each side (``torch.profiler``).
 
-Where the two steps differ (the profile shows it): clapkit runs CoCa's vision tower twice with
-gradients -- ``encode_image`` for the pooled ``z`` the pipeline computes, and
-``encode_image_tokens`` for the patch tokens ``caption_lm`` decodes from -- while open_clip's
-forward takes both from one pass; open_clip decodes, projects to the 49408-word vocabulary and
-log-softmaxes all 75 caption positions, clapkit only those up to the batch's longest caption.
-Short captions: clapkit is faster and lighter; captions near the 76-token context: the extra
-vision pass is left and clapkit is ~1.15x slower. ``--one-image-pass`` times clapkit's losses
-with the vision tower run once (its pooled output as ``z``, its tokens as the patches).
+Where the two steps differed (the profile showed it): clapkit ran CoCa's vision tower twice
+with gradients -- ``encode_image`` for the pooled ``z`` and ``encode_image_tokens`` for the
+patch tokens ``caption_lm`` decodes from -- while open_clip's forward takes both from one pass.
+The pipeline now keeps the token output of its own pass when a loss reads ``image_tokens``
+(``Pipeline.wants_image_tokens``), so the tower runs once. clapkit still decodes, projects to
+the 49408-word vocabulary and log-softmaxes only the positions up to the batch's longest
+caption, open_clip all 75. ``--one-image-pass`` times clapkit's losses with the tokens handed
+in directly (now the same path).
 
-Measured (2-core shared CPU, 1 thread, B = 4, ``--warmup 1 --steps 3 --one-image-pass``;
-seconds are +-10% from run to run on that machine):
+Measured (2-core shared CPU, 1 thread, B = 4, ``--warmup 1 --steps 3``; seconds are +-10% from
+run to run on that machine):
 
-    coca_ViT-B-32 (253.6M)   clapkit s  open_clip s  ratio  one image pass s  ratio
-    10 words (12 tokens)        5.00       5.47      0.92        3.93         0.72
-    70 words (72 tokens)        7.02       5.55      1.26        5.62         1.01
-
-(earlier runs of the 12-token row: 0.88, 0.92, 1.03; of the 72-token row: 1.15, 1.22). The
-profile of one step (12 tokens): vision-tower matmuls 2.76 s clapkit vs 1.28 s open_clip (two
-patch convolutions vs one), vocabulary projection + log-softmax 0.18 s vs 0.91 s.
+    coca_ViT-B-32 (253.6M)   clapkit s  open_clip s  ratio
+    before: 10 words (12 tokens)   5.00   5.47   0.92  (other runs 0.88, 1.03)
+    before: 70 words (72 tokens)   7.02   5.55   1.26  (other runs 1.15, 1.22)
+    one pass: 70 words (72 tokens) 6.75   6.59   1.03
 """
 
 from __future__ import annotations

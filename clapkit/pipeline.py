@@ -143,25 +143,50 @@ class Pipeline(nn.Module):
         out |= {f"distributions.{n}" for n in self.text_adapter_names()}
         if self.has_samples() and self.head is not None:
             out |= {"sample_logits", "sample_mask"}
+        if "image_tokens" in getattr(self.backbone, "capabilities", ()):
+            out.add("image_tokens")
         return out
+
+    def wants_image_tokens(self) -> bool:
+        """A loss reads ``image_tokens``: the vision tower's token output is then kept from
+        the pass that gives the features (one pass per step, not one per consumer)."""
+        return any("image_tokens" in getattr(loss, "needs", ())
+                   for name, loss in self.losses.items()
+                   if self.active_losses is None or name in self.active_losses)
 
     # -- forward -----------------------------------------------------------------------------
 
     def encode_frames(self, streams: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Per-frame image features ``{s: [B,T,D]}`` from pixels ``{s: [B,T,3,H,W]}``."""
+        return self.encode_frames_and_tokens(streams, False)[0]
+
+    def encode_frames_and_tokens(self, streams: dict[str, torch.Tensor], tokens: bool
+                                 ) -> tuple[dict[str, torch.Tensor],
+                                            dict[str, torch.Tensor] | None]:
+        """The features and, with ``tokens`` (and no deep vision prompt), the vision tower's
+        token output of the same pass ``{s: [B, T*N, W]}`` (``encode_image_tokens``: its
+        pooled output is ``encode_image``'s)."""
         deep = (self.prompts[self.image_prompt].vision_prompts()
                 if self.image_prompt is not None else None)
+        keep = tokens and deep is None
         grad = torch.is_grad_enabled() and self.image_encoder_trainable()
-        out = {}
+        out: dict[str, torch.Tensor] = {}
+        toks: dict[str, torch.Tensor] = {}
         with torch.set_grad_enabled(grad):
             for s in self.streams:
                 x = streams[s]
                 b = x.shape[0]
                 flat = rearrange(x, "b t c h w -> (b t) c h w")
-                f = (self.backbone.encode_image_prompted(flat, deep) if deep is not None
-                     else self.backbone.encode_image(flat))
+                if keep:
+                    states = self.backbone.encode_image_tokens(flat)
+                    f = states.pooled
+                    toks[s] = rearrange(states.tokens, "(b t) n w -> b (t n) w", b=b)
+                elif deep is not None:
+                    f = self.backbone.encode_image_prompted(flat, deep)
+                else:
+                    f = self.backbone.encode_image(flat)
                 out[s] = rearrange(f.float(), "(b t) d -> b t d", b=b)
-        return out
+        return out, (toks if keep else None)
 
     def visual(self, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor,
                                                                  dict[str, torch.Tensor]]:
@@ -185,8 +210,10 @@ class Pipeline(nn.Module):
     def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
         step: StepContext = batch.get("step") or self.default_step(batch)
         features = batch.get("features")
+        image_tokens = None
         if features is None:
-            features = self.encode_frames(batch["streams"])
+            features, image_tokens = self.encode_frames_and_tokens(
+                batch["streams"], self.wants_image_tokens())
         raw = {s: f.mean(1) for s, f in features.items()}
         z, stream_z = self.visual(features)
         b = z.shape[0]
@@ -240,7 +267,8 @@ class Pipeline(nn.Module):
             # ragged samples: average only the real ones (the head saw padded text)
             head_out = HeadOutput.from_logits(head_out.sample_logits, sample_mask)
         return {"logits": head_out.logits, "sample_logits": head_out.sample_logits,
-                "sample_mask": head_out.sample_mask, "z": z, "stream_z": stream_z,
+                "sample_mask": head_out.sample_mask, "image_tokens": image_tokens,
+                "z": z, "stream_z": stream_z,
                 "features": features, "raw": raw, "views": views, "text": text, "aux": aux,
                 "distributions": distributions, "step": step}
 

@@ -105,6 +105,13 @@ def pooled_text(batch: dict[str, Any], backbone: Backbone, captions: list[str]
     return tokens, memo(batch, "text_pooled", lambda: backbone.encode_text(tokens))
 
 
+def patch_tokens_need(backbone: Backbone, source: str) -> tuple[str, ...]:
+    """``("image_tokens",)`` when a loss reads patch tokens the backbone can give from the
+    pipeline's vision pass (so the tower runs once per step), else nothing."""
+    ok = source == "patches" and "image_tokens" in getattr(backbone, "capabilities", ())
+    return ("image_tokens",) if ok else ()
+
+
 def image_tokens(batch: dict[str, Any], outputs: dict[str, Any], backbone: Backbone,
                  source: str) -> torch.Tensor:
     """``[B,N,W]`` image tokens the grounded text transformer attends to."""
@@ -118,6 +125,10 @@ def image_tokens(batch: dict[str, Any], outputs: dict[str, Any], backbone: Backb
         raise ClapkitError("image_tokens = 'patches' needs the batch's pixels, but the step "
                            "reads cached features (the image encoder is frozen); use "
                            "image_tokens = 'features' or train the image tower")
+
+    kept = outputs.get("image_tokens")
+    if kept:                          # the pipeline's own pass (Pipeline.wants_image_tokens)
+        return torch.cat([kept[s] for s in sorted(kept)], 1)
 
     def encode() -> torch.Tensor:
         parts = []

@@ -25,6 +25,7 @@ from clapkit.interfaces import BuildContext, Loss
 from clapkit.validators import size
 
 from ._grounded_text import DecoderParts, GroundedTextTransformer
+from ._image_text_batch import patch_tokens_need
 
 
 def caption_lm_loss(logits: torch.Tensor, labels: torch.Tensor, pad_id: int = 0,
@@ -108,7 +109,11 @@ class CaptionLmConfig:
 class CaptionLmLoss(Loss):
     """Next-token CE of one caption per item, grounded on the item's image."""
 
-    needs = ("z", "features")
+    @property
+    def needs(self) -> tuple[str, ...]:             # type: ignore[override]
+        """With patch tokens the pipeline's own vision pass provides them."""
+        source = "patches" if self.kind == "coca" else self.image_source
+        return ("z", "features") + patch_tokens_need(self._backbone[0], source)
 
     def __init__(self, cfg: CaptionLmConfig, backbone: nn.Module, class_names: list[str],
                  seed: int = 0) -> None:

@@ -32,6 +32,7 @@ from clapkit.interfaces import BuildContext, Loss
 from clapkit.validators import size
 
 from ._grounded_text import GroundedTextTransformer
+from ._image_text_batch import patch_tokens_need
 
 
 def negative_weights(sim: torch.Tensor, row_ids: torch.Tensor, col_ids: torch.Tensor
@@ -146,7 +147,10 @@ def image_width(backbone: nn.Module, source: str) -> int:
 class ItmLoss(Loss):
     """Image-text matching with hard negatives (see the module docstring)."""
 
-    needs = ("z", "features")
+    @property
+    def needs(self) -> tuple[str, ...]:             # type: ignore[override]
+        """With patch tokens the pipeline's own vision pass provides them."""
+        return ("z", "features") + patch_tokens_need(self._backbone[0], self.cfg.image_tokens)
 
     def __init__(self, cfg: ItmConfig, backbone: nn.Module, class_names: list[str],
                  seed: int = 0) -> None:
