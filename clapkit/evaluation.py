@@ -200,11 +200,13 @@ def evaluate_prepared(prep: Prepared, split: str) -> dict[str, Any]:
 
 
 class _PreparedRun:
-    """What a :class:`TaskEvaluation` reads of a trainer, over a prepared evaluation."""
+    """What :func:`~clapkit.engine.task_eval.plugin_metrics` and a :class:`TaskEvaluation`
+    read of a trainer, over a prepared evaluation."""
 
-    def __init__(self, prep: Prepared) -> None:
+    def __init__(self, prep: Prepared, host: PluginHost, state: Any) -> None:
         from .engine.distributed import DistInfo
         self.prep, self.data, self.scenario, self.info = prep, prep.data, prep.scenario, DistInfo()
+        self.host, self.state = host, state
 
     def use_cache_for_eval(self) -> bool:
         return use_cache(self.prep)
@@ -220,32 +222,27 @@ def hooked_metrics(prep: Prepared, split: str, host: PluginHost,
     (the eval JSON holds their figures)."""
     from .build import build_component
     from .engine.state import RunState
-    from .engine.task_eval import PLUGIN_METRICS, TaskEvaluation, merge_plugin_metrics
+    from .engine.task_eval import TaskEvaluation, plugin_metrics
     listeners = [build_component(spec, prep.ctx) for spec in prep.recipe.log.values()]
     listeners = [obj for obj in listeners if hasattr(obj, "clapkit_task_evaluate")]
     sc = prep.scenario
+    state = RunState(recipe=prep.recipe, out_dir=None, device=prep.device,
+                     class_names=list(prep.class_names), num_tasks=sc.num_tasks, task=prep.task)
+    run = _PreparedRun(prep, host, state)
     ev = TaskEvaluation(task=prep.task, seen_classes=sc.seen(prep.task) if sc.incremental
                         else None, num_tasks=sc.num_tasks, task_of_class=list(sc.task_of_class),
-                        splits={split: split_name(prep, split)}, pipeline=prep.pipeline,
-                        tr=_PreparedRun(prep))
-    run = RunState(recipe=prep.recipe, out_dir=None, device=prep.device,
-                   class_names=list(prep.class_names), num_tasks=sc.num_tasks, task=prep.task)
+                        splits={split: split_name(prep, split)}, pipeline=prep.pipeline, tr=run)
     for n, obj in enumerate(listeners):
         host.register_listener(obj, name=f"eval-{n}@{id(obj)}")
     try:
-        extra: dict[str, Any] = {}
-        hook = host.hook.clapkit_task_evaluate
-        added = merge_plugin_metrics(extra, hook(run=run, task=prep.task, evaluation=ev),
-                                     hook.name)
+        extra = plugin_metrics(run, prep.task, ev, {})
     finally:
         for obj in listeners:
             host.unregister_listener(obj)
-    clash = sorted(set(added) & set(result))
+    clash = sorted(set(extra) & set(result))
     if clash:
         raise ClapkitError(f"an evaluation plugin returned metric '{clash[0]}', which "
                            "clapkit eval already reports; choose another name")
-    if added:
-        extra[PLUGIN_METRICS] = added
     return extra
 
 

@@ -147,12 +147,17 @@ class Pipeline(nn.Module):
             out.add("image_tokens")
         return out
 
+    def stage_losses(self) -> list[tuple[str, Loss]]:
+        """The loss terms the current stage computes (``active_losses``; all outside a
+        stage)."""
+        return [(n, loss) for n, loss in self.losses.items()
+                if self.active_losses is None or n in self.active_losses]
+
     def wants_image_tokens(self) -> bool:
         """A loss reads ``image_tokens``: the vision tower's token output is then kept from
         the pass that gives the features (one pass per step, not one per consumer)."""
         return any("image_tokens" in getattr(loss, "needs", ())
-                   for name, loss in self.losses.items()
-                   if self.active_losses is None or name in self.active_losses)
+                   for _, loss in self.stage_losses())
 
     # -- forward -----------------------------------------------------------------------------
 
@@ -328,12 +333,10 @@ class Pipeline(nn.Module):
         """``total = sum_i w_i(epoch) * L_i`` over the stage's terms (``active_losses``);
         every term is returned for logging (0 for a term the stage leaves out)."""
         total = outputs["z"].new_zeros((), dtype=torch.float32)
-        terms: dict[str, float] = {}
-        for name, loss in self.losses.items():
-            active = self.active_losses is None or name in self.active_losses
-            w = self.loss_keys[name].weight_at(epoch) if active else 0.0
+        terms: dict[str, float] = {n: 0.0 for n in self.losses}     # left out: logged as 0
+        for name, loss in self.stage_losses():
+            w = self.loss_keys[name].weight_at(epoch)
             if w == 0.0:
-                terms[name] = 0.0
                 continue
             value = loss(outputs, batch)
             terms[name] = float(value.detach())

@@ -41,9 +41,7 @@ def losses_read_text(pipe: Any) -> bool:
     views, aux, distributions): only then must prompts refresh at every step while the text
     tower trains. Without such a loss the train accuracy of an epoch uses the prompts of
     its start."""
-    active = getattr(pipe, "active_losses", None)
-    return any(n not in IMAGE_SIDE_OUTPUTS for name, loss in pipe.losses.items()
-               if active is None or name in active
+    return any(n not in IMAGE_SIDE_OUTPUTS for _, loss in pipe.stage_losses()
                for n in getattr(loss, "needs", ("logits",)))
 
 

@@ -119,30 +119,21 @@ def plugin_metrics(tr: Any, task: int, ev: TaskEvaluation, metrics: dict[str, An
     twice is an error."""
     task_end = hook is None
     hook = hook or tr.host.hook.clapkit_task_evaluate
-    added = merge_plugin_metrics(metrics, hook(run=tr.state, task=task, evaluation=ev,
-                                               **extra_args), hook.name)
+    added: list[str] = []
+    for extra in hook(run=tr.state, task=task, evaluation=ev, **extra_args):
+        for k, v in (extra or {}).items():
+            if k in metrics or k == PLUGIN_METRICS:
+                raise ClapkitError(f"a {hook.name} hook returned metric '{k}', "
+                                   "which is already set; choose another name")
+            metrics[k] = v
+            added.append(k)
     if added and task_end:
-        metrics[PLUGIN_METRICS] = added
+        metrics[PLUGIN_METRICS] = sorted(added)
     return metrics
 
 
 #: the metrics key listing the names the evaluation hooks added (summary.json copies them)
 PLUGIN_METRICS = "plugin_metrics"
-
-
-def merge_plugin_metrics(metrics: dict[str, Any], results: Sequence[dict[str, Any] | None],
-                         hook_name: str) -> list[str]:
-    """Put every hook result into ``metrics``; a name set twice is an error. Returns the
-    names added, sorted."""
-    added: list[str] = []
-    for extra in results:
-        for k, v in (extra or {}).items():
-            if k in metrics or k == PLUGIN_METRICS:
-                raise ClapkitError(f"a {hook_name} hook returned metric '{k}', "
-                                   "which is already set; choose another name")
-            metrics[k] = v
-            added.append(k)
-    return sorted(added)
 
 
 def novelty_detection(ev: TaskEvaluation) -> dict[str, Any]:

@@ -121,9 +121,11 @@ def collect(evaluation: Any, split: str, task: int, sources: set[str]) -> Collec
 def encode_captions(bb: Any, captions: list[str], batch: int, states: bool
                     ) -> tuple[torch.Tensor, Any]:
     """Pooled text features ``[N,D]`` and, with ``states``, (token states, real mask)."""
+    from clapkit_plugins.losses._image_text_batch import tokenize_cached
+
     pooled, toks, masks = [], [], []
     for i in range(0, len(captions), batch):
-        t = bb.tokenize(captions[i:i + batch])
+        t = tokenize_cached(bb, captions[i:i + batch])   # the same captions every epoch
         if states:
             st = bb.encode_text_tokens(t)
             pooled.append(st.pooled.float().cpu())

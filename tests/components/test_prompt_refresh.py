@@ -58,6 +58,9 @@ def test_prompts_refresh_every_step_only_when_a_loss_reads_text(make, ctx):
     class Pipe:
         def __init__(self, losses):
             self.losses = losses
+
+        def stage_losses(self):
+            return list(self.losses.items())
     image_side = {"itc": type("L", (), {"needs": ("z",)})(),
                   "itm": type("L", (), {"needs": ("z", "features")})()}
     assert not losses_read_text(Pipe(image_side))
