@@ -19,6 +19,14 @@ have, while BLEU and CIDEr-D themselves are small formulas.
   reference is ``sum_g min(v_c[g], v_r[g]) * v_r[g] / (|v_c| |v_r|)`` (clipped cosine) times
   the length penalty ``exp(-(l_c - l_r)^2 / (2 sigma^2))``, sigma = 6; averaged over n and
   the references, times 10; the corpus score is the mean over images.
+* **Consensus-word recall** (clapkit's own, no paper): the *consensus words* of an image are
+  the words every one of its reference captions contains, less :data:`STOP_WORDS`; a caption
+  should name at least what all annotators agreed on, and BLEU/CIDEr can stay high for a
+  caption that misses one such word (one wrong word costs a few n-grams). ``consensus_all``
+  is the share of images whose candidate contains all their consensus words, ``consensus_words``
+  the share of all consensus words (pooled over images) the candidates contain. On the
+  generated caption demo set the consensus words of a named image are exactly its colour and
+  its shape, so ``consensus_all`` says how often a caption gets both right.
 """
 
 from __future__ import annotations
@@ -28,9 +36,21 @@ import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 
-__all__ = ["caption_tokens", "ngrams", "corpus_bleu", "cider_d", "caption_scores"]
+__all__ = ["caption_tokens", "ngrams", "corpus_bleu", "cider_d", "caption_scores",
+           "STOP_WORDS", "consensus_words", "consensus_recall"]
 
 _PUNCT = re.compile(r"[^\w\s]")
+
+#: words no consensus counts: articles, common prepositions and conjunctions, and the
+#: "there is a photo of ..." filler that caption templates and annotators share without
+#: saying anything about the image
+STOP_WORDS = frozenset({
+    "a", "an", "the",
+    "in", "on", "of", "at", "with", "to", "from", "by", "for", "near", "into",
+    "and", "or", "but",
+    "is", "are", "there", "this", "it", "its",
+    "picture", "photo", "image",
+})
 
 
 def caption_tokens(text: str) -> list[str]:
@@ -117,3 +137,36 @@ def caption_scores(candidates: Mapping[str, str], references: Mapping[str, Seque
     """``{"bleu4": ..., "cider": ...}`` for one generated caption per image id."""
     return {"bleu4": corpus_bleu(candidates, references),
             "cider": cider_d(candidates, references)[0]}
+
+
+def consensus_words(references: Sequence[str]) -> set[str]:
+    """The words every reference caption of one image contains, less :data:`STOP_WORDS`:
+    what all annotators agreed the image shows (empty without references)."""
+    if not references:
+        return set()
+    common = set(caption_tokens(references[0]))
+    for r in references[1:]:
+        common &= set(caption_tokens(r))
+    return common - STOP_WORDS
+
+
+def consensus_recall(candidates: Mapping[str, str], references: Mapping[str, Sequence[str]]
+                     ) -> dict[str, float]:
+    """``{"consensus_all": share of images whose candidate contains every consensus word of
+    its references, "consensus_words": share of the consensus words (pooled over images)
+    the candidates contain}``. Images without consensus words say nothing and are left out;
+    when no image has any, the result is ``{}`` (no figure rather than a made-up 0 or 1)."""
+    keys = _check(candidates, references)
+    images = complete = named = total = 0
+    for k in keys:
+        want = consensus_words(references[k])
+        if not want:
+            continue
+        hit = len(want & set(caption_tokens(candidates[k])))
+        images += 1
+        complete += hit == len(want)
+        named += hit
+        total += len(want)
+    if not images:
+        return {}
+    return {"consensus_all": complete / images, "consensus_words": named / total}
