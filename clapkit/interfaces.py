@@ -43,6 +43,9 @@ class BuildContext:
     streams: tuple[str, ...] = ("image",)
     stream: str | None = None              # the stream an image/video adapter serves
     num_frames: int = 1
+    #: the training split's captions (caption datasets; empty otherwise): what a caption
+    #: model may build its output vocabulary from
+    train_texts: list[str] = attrs.field(factory=list)
     work_dir: Path = Path(".")
     device: torch.device = torch.device("cpu")
     seed: int = 0

@@ -324,6 +324,13 @@ class Pipeline(nn.Module):
                     prev = attrs.evolve(prev, queries=res.queries)
         return x[..., :n_old, :]
 
+    def reads_task_view(self) -> bool:
+        """Whether some component implements ``on_task_end``: only then does the task end
+        encode the task's training items for it (a pre-training run of 8,000 images saves
+        a full pass)."""
+        return any(type(comp).on_task_end is not Component.on_task_end
+                   for _, comp in self.components())
+
     def on_task_end(self, task: int, view: TaskView) -> None:
         for _, comp in self.components():
             comp.on_task_end(task, view)

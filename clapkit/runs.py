@@ -44,6 +44,24 @@ class RunRow:
     #: ``clapkit eval`` results in the folder: ``(checkpoint-split, WAR, UAR)``
     evals: tuple[tuple[str, float | None, float | None], ...] = ()
     note: str = ""                      # what of the folder could not be read
+    #: image-text runs: the test split's (else valid's) retrieval and caption figures
+    image_text: tuple[tuple[str, float], ...] = ()
+
+
+#: the image-text figures a row shows (``image_text`` evaluation keys), with their labels
+IMAGE_TEXT_KEYS = (("i2t_r1", "i2t R@1"), ("t2i_r1", "t2i R@1"), ("bleu4", "BLEU-4"),
+                   ("cider", "CIDEr"))
+
+
+def image_text_figures(summary: dict[str, Any]) -> tuple[tuple[str, float], ...]:
+    """The test split's image-text figures in ``summary`` (the valid split's when the run
+    has no test split), labelled with the split."""
+    for split in ("test", "valid"):
+        got = tuple((f"{split} {label}", v) for key, label in IMAGE_TEXT_KEYS
+                    if (v := _num(summary.get(f"{split}/{key}"))) is not None)
+        if got:
+            return got
+    return ()
 
 
 def find_runs(root: Path, max_depth: int = 3) -> list[Path]:
@@ -274,7 +292,8 @@ def _describe(run: Path, now: float) -> RunRow:
     return RunRow(folder=str(run), recipe=name, status=status,
                   epochs=epochs if (epochs or summary is not None) else None,
                   best_valid_uar=best, last_acc=last, test_war=tw, test_uar=tu, avg_acc=avg,
-                  evals=read_evals(run), note="; ".join(notes))
+                  evals=read_evals(run), note="; ".join(notes),
+                  image_text=image_text_figures(summary) if summary is not None else ())
 
 
 def _pair(a: float | None, b: float | None) -> str:
@@ -284,13 +303,15 @@ def _pair(a: float | None, b: float | None) -> str:
 def format_rows(rows: list[RunRow]) -> list[str]:
     """The table of ``clapkit runs``: a classification run fills best valid UAR, a
     class-incremental one last/avg accuracy; ``eval`` lists the figures ``clapkit eval``
-    wrote (checkpoint-split WAR/UAR); ``note`` says what of a damaged folder is unreadable."""
+    wrote (checkpoint-split WAR/UAR); ``image-text`` the retrieval R@1 and caption scores
+    of an image-text run; ``note`` says what of a damaged folder is unreadable."""
     header = ["run folder", "recipe", "status", "epochs", "best valid UAR", "last/avg acc",
-              "test WAR/UAR", "eval WAR/UAR", "note"]
+              "test WAR/UAR", "eval WAR/UAR", "image-text", "note"]
     cells = [header] + [[r.folder, r.recipe, r.status,
                          "-" if r.epochs is None else str(r.epochs), pct(r.best_valid_uar),
                          _pair(r.last_acc, r.avg_acc), _pair(r.test_war, r.test_uar),
                          ", ".join(f"{k} {_pair(w, u)}" for k, w, u in r.evals) or "-",
+                         ", ".join(f"{k} {pct(v)}" for k, v in r.image_text) or "-",
                          r.note]
                         for r in rows]
     widths = [max(len(c[i]) for c in cells) for i in range(len(header))]

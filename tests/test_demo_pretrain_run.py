@@ -59,6 +59,13 @@ def test_summary_and_run_folder_hold_retrieval_and_caption_figures(pretrain):
     assert len(caps) == 20 and all(c["references"] and isinstance(c["caption"], str)
                                    for c in caps.values())
     assert "captions (test): BLEU-4" in printed and "image-text (%)" in printed
+    # `clapkit runs` shows them too
+    from clapkit.runs import describe_run, format_rows
+    row = describe_run(run)
+    shown = dict(row.image_text)
+    assert shown["test i2t R@1"] == pytest.approx(on_disk["test/i2t_r1"])
+    assert shown["test CIDEr"] == pytest.approx(on_disk["test/cider"])
+    assert "test BLEU-4" in format_rows([row])[1]
 
 
 def test_eval_of_the_run_folder_reports_the_plugin_figures(pretrain):

@@ -78,6 +78,11 @@ def check_recipe_rules(recipe: Recipe) -> None:
             raise RecipeError(f, f"stages[{i}].{'data' if s.data == 'memory' else 'after_memory'}",
                               f"stage '{s.name}': {what} needs a replay memory "
                               "(memory.size > 0)")
+        if s.split and s.data != "task" and r.memory.size > 0:
+            raise RecipeError(f, f"stages[{i}].data",
+                              f"stage '{s.name}' trains on its own split '{s.split}', so it "
+                              "cannot mix in the replay memory (train-split items): set "
+                              "data = \"task\"", allowed=["task"], got=s.data)
     if r.memory.size > 0 and r.selector is None:
         raise RecipeError(f, "selector", "memory.size > 0 needs a [selector] that picks "
                           "the exemplars (e.g. plugin = \"random\" or \"herding\")")
@@ -107,7 +112,7 @@ def check_stages_run(recipe: Recipe) -> None:
 def fill_data_context(ctx: BuildContext, recipe: Recipe, source: Any, scenario: Scenario
                       ) -> None:
     """What the components' factories read from the data: class names in class order, train
-    class counts, the class -> task map, streams and frames."""
+    class counts, the class -> task map, streams and frames, the training captions."""
     train = recipe.data.keys.train_split
     counts = source.class_counts(train) if train in source.splits() else None
     ctx.class_names = [source.classes[o] for o in scenario.order]
@@ -115,6 +120,8 @@ def fill_data_context(ctx: BuildContext, recipe: Recipe, source: Any, scenario: 
     ctx.task_of_class = scenario.task_of_class
     ctx.streams = tuple(source.streams)
     ctx.num_frames = source.num_frames
+    refs = source.refs(train) if train in source.splits() else []
+    ctx.train_texts = [t for r in refs for t in r.texts]
 
 
 def replay_growth(pipeline: Pipeline, scenario: Scenario, task: int) -> None:

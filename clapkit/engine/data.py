@@ -42,6 +42,7 @@ def check_splits(source: DatasetSource, recipe: Recipe) -> tuple[str, str, str |
     if keys.train_split not in have:
         raise RecipeError(file, "data.train_split", f"the dataset has no split "
                           f"'{keys.train_split}'", allowed=have, got=keys.train_split)
+    _check_stage_splits(recipe, have)
     if keys.valid_fraction > 0 or keys.valid_split == HELD_OUT:
         _check_held_out(keys, have, file)
         return keys.train_split, HELD_OUT, keys.test_split
@@ -54,6 +55,23 @@ def check_splits(source: DatasetSource, recipe: Recipe) -> tuple[str, str, str |
         raise RecipeError(file, "data.test_split", f"the dataset has no split "
                           f"'{keys.test_split}'", allowed=have, got=keys.test_split)
     return keys.train_split, keys.valid_split, keys.test_split
+
+
+def _check_stage_splits(recipe: Recipe, have: list[str]) -> None:
+    """A stage's own ``split`` exists and is not one the model is selected or tested on."""
+    keys = recipe.data.keys
+    for i, stage in enumerate(recipe.stages):
+        if not stage.split:
+            continue
+        key = f"stages[{i}].split"
+        if stage.split not in have:
+            raise RecipeError(recipe.file, key, f"stage '{stage.name}': the dataset has no "
+                              f"split '{stage.split}'", allowed=have, got=stage.split)
+        for role, name in (("valid", keys.valid_split), ("test", keys.test_split)):
+            if stage.split == name:
+                raise RecipeError(recipe.file, key, f"stage '{stage.name}' would train on "
+                                  f"the {role} split '{name}' (data.{role}_split), which "
+                                  "measures the model; train on another split")
 
 
 def _check_held_out(keys: Any, have: list[str], file: str | None) -> None:
@@ -119,11 +137,17 @@ class RunData:
         #: recipes name the test split there)
         self.report_split = self.test_split if self.held_out else self.valid_split
 
+    def split_labels(self, split: str) -> list[int]:
+        """The labels of ``split``'s items (read once; a stage's own split on first use)."""
+        if split not in self.labels:
+            self.labels[split] = [r.label for r in self.source.refs(split)]
+        return self.labels[split]
+
     def items(self, split: str, scenario: Any, tasks: list[int]) -> list[int]:
         """Indices of ``split``'s items of ``tasks``' classes; the train split without its
         held-out items, ``held_out`` only those."""
         base = self.train_split if split == HELD_OUT else split
-        idx = scenario.items_of(self.labels[base], tasks)
+        idx = scenario.items_of(self.split_labels(base), tasks)
         if split == HELD_OUT:
             return [i for i in idx if i in self.held_out]
         if split == self.train_split and self.held_out:
@@ -190,10 +214,11 @@ class RunData:
             return stage_sampler
         return "weighted" if self.keys.weighted_sampler else "shuffle"
 
-    def train_sampler(self, indices: list[int], kind: str) -> EpochSampler:
+    def train_sampler(self, indices: list[int], kind: str, split: str | None = None
+                      ) -> EpochSampler:
         """The epoch sampler of ``kind`` ("shuffle", "weighted", "class_balanced") over the
-        train-split items ``indices`` (this rank's shard)."""
-        all_labels = self.labels[self.train_split]
+        items ``indices`` of ``split`` (default: the train split; this rank's shard)."""
+        all_labels = self.split_labels(split or self.train_split)
         labels = [all_labels[i] for i in indices]
         return EpochSampler(
             indices, shuffle=True, seed=self.seed, rank=self.info.rank,
@@ -203,22 +228,25 @@ class RunData:
             balance=labels if kind == "class_balanced" else None)
 
     def train_loader(self, indices: list[int], *, epoch: int, cached: bool,
-                     sampler: str | None = None) -> torch.utils.data.DataLoader:
-        """Loader over the train-split items ``indices`` with the ``sampler`` kind (default:
-        shuffled, or class-weighted with ``data.weighted_sampler``); cached view
-        ``epoch % cache.views``."""
+                     sampler: str | None = None, split: str | None = None
+                     ) -> torch.utils.data.DataLoader:
+        """Loader over the items ``indices`` of ``split`` (default: the train split) with the
+        ``sampler`` kind (default: shuffled, or class-weighted with
+        ``data.weighted_sampler``); cached view ``epoch % cache.views``."""
         # one cached view = the eval-transform features; K views = K train-mode views and
         # epoch e reads view e % K (CachedFeatures.set_epoch)
         augment = self.keys.augment and (not cached or self.cache_cfg.views > 1)
-        ds = self.dataset(self.train_split, augment, cached)
+        ds = self.dataset(split or self.train_split, augment, cached)
         ds.set_epoch(epoch)
-        smp = self.train_sampler(indices, self.sampler_kind(sampler))
+        smp = self.train_sampler(indices, self.sampler_kind(sampler), split)
         smp.set_epoch(epoch)
         return self._loader(ds, smp, self.keys.batch_size)
 
-    def steps_per_epoch(self, indices: list[int], sampler: str | None = None) -> int:
-        """Optimizer steps in one training epoch over ``indices`` on this rank."""
-        n = len(self.train_sampler(indices, self.sampler_kind(sampler)))
+    def steps_per_epoch(self, indices: list[int], sampler: str | None = None,
+                        split: str | None = None) -> int:
+        """Optimizer steps in one training epoch over ``indices`` (of ``split``) on this
+        rank."""
+        n = len(self.train_sampler(indices, self.sampler_kind(sampler), split))
         return max(1, -(-n // self.keys.batch_size))
 
     def eval_loader(self, split: str, indices: list[int], *, cached: bool,

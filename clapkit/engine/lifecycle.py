@@ -48,7 +48,15 @@ def start_task(tr: Any, task: int) -> None:
 def end_task(tr: Any, task: int, collected: Collected | None, memory_before: list[int]
              ) -> None:
     """``on_task_end`` with the task's view (``collected``: the items already encoded by
-    the current model, else they are encoded now)."""
+    the current model, else they are encoded now).
+
+    After the last task, when no component implements ``on_task_end``, nothing reads that
+    pass and it is skipped (a pre-training run's 8,000 images). Before a later task it
+    stays: its data loaders draw from the run's random stream, which the next task's
+    augmentations continue, so skipping it would change every later figure of a recipe."""
+    last = task == tr.scenario.num_tasks - 1
+    if collected is None and last and not tr.pipeline.reads_task_view():
+        return
     if collected is None:
         collected = encode_items(tr, task, task_items(tr, task, memory_before), "task view")
     tr.pipeline.on_task_end(task, task_view(tr, task, collected))

@@ -21,12 +21,20 @@ from .stages import apply_freezing, build_optimizer, build_scheduler, param_grou
 log = logging.getLogger("clapkit.engine")
 
 
+def stage_split(tr: Any, stage: StageConfig) -> str:
+    """The split ``stage`` trains on: its own ``split``, else the train split."""
+    return stage.split or tr.data.train_split
+
+
 def stage_items(tr: Any, task: int, stage: StageConfig) -> list[int]:
-    """Train-split items of ``stage`` in ``task``: the task's new items, the replay memory,
-    or both (``stage.data``)."""
+    """Items of ``stage`` in ``task``: the task's new items (of the stage's split), the
+    replay memory, or both (``stage.data``)."""
     if stage.data == "memory":
         return sorted(tr.memory)
-    new = tr.data.items(tr.data.train_split, tr.scenario, [task])
+    split = stage_split(tr, stage)
+    new = tr.data.items(split, tr.scenario, [task])
+    if split != tr.data.train_split:      # the memory holds train-split items
+        return sorted(new)
     if stage.data == "task":
         return sorted(new)
     return sorted(set(new) | set(tr.memory))
@@ -85,7 +93,9 @@ def run_stage(tr: Any, task: int, s_idx: int, stage: StageConfig, first_epoch: i
     group_names = [g.pop("name") for g in groups]
     optimizer = build_optimizer(groups, stage)
     cached = tr.use_cache(stage.name)
-    scheduler = build_scheduler(optimizer, stage, tr.data.steps_per_epoch(items, stage.sampler))
+    split = stage_split(tr, stage)
+    scheduler = build_scheduler(optimizer, stage,
+                                tr.data.steps_per_epoch(items, stage.sampler, split))
     scaler = make_scaler(tr.amp)
     if st is not None:
         optimizer.load_state_dict(st["optimizer"])
@@ -103,7 +113,7 @@ def run_stage(tr: Any, task: int, s_idx: int, stage: StageConfig, first_epoch: i
             t_epoch = time.time()
             g_epoch = tr.state.global_epoch
             loader = tr.data.train_loader(items, epoch=g_epoch, cached=cached,
-                                          sampler=stage.sampler)
+                                          sampler=stage.sampler, split=split)
             cfg = tr.step_cfg(task, f"t{task} {stage.name} {epoch + 1}/{stage.epochs}",
                               mix_seed=r.run.seed * 1_000_003 + g_epoch,
                               where=f"task {task}, stage '{stage.name}', epoch "

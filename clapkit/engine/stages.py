@@ -89,10 +89,12 @@ def param_groups(params: dict[str, nn.Parameter], stage: StageConfig, *,
 
 
 def build_optimizer(groups: list[dict], stage: StageConfig) -> torch.optim.Optimizer:
+    """The stage's optimizer (``fused``: torch's fused kernel, else its default)."""
+    fused = {"fused": True} if stage.fused else {}
     if stage.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=stage.lr, momentum=stage.momentum,
-                               weight_decay=stage.weight_decay)
-    return torch.optim.AdamW(groups, lr=stage.lr, weight_decay=stage.weight_decay)
+                               weight_decay=stage.weight_decay, **fused)
+    return torch.optim.AdamW(groups, lr=stage.lr, weight_decay=stage.weight_decay, **fused)
 
 
 def lr_factor(step: int, stage: StageConfig, steps_per_epoch: int) -> float:

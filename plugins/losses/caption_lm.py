@@ -10,6 +10,15 @@ with label smoothing 0.1 (BLIP): ``(1 - eps) CE + eps mean_v(-log p_v)``. The en
 label (the decoder learns where a caption stops); padding (``pad_id``, 0 for open_clip's
 tokenizer) is ignored. With ``smoothing = 0`` this is the caption term of open_clip's
 ``CoCaLoss``.
+
+Output vocabulary (``vocabulary``): ``"tokenizer"`` (BLIP, CoCa) predicts over the whole
+tokenizer vocabulary (open_clip's BPE: 49,408 ids). ``"train_captions"`` predicts over the
+token ids that occur in the training split's captions only (the start and end tokens
+included), as the classic captioning pipelines build their word list from the training set
+(NeuralTalk, Show-Attend-Tell): on a small closed caption set the head shrinks from 49,408
+rows to the few dozen the captions use, so a step is cheaper and the softmax has nothing
+to unlearn. The smoothing then spreads over that vocabulary; a label outside it (a token
+no training caption has) is left out of the loss; generation gives every other id -inf.
 """
 
 from __future__ import annotations
@@ -81,6 +90,7 @@ class CaptionLmObjective(nn.Module):
 
 _v = attrs.validators
 DECODERS = ("auto", "coca", "grounded")
+VOCABULARIES = ("tokenizer", "train_captions")
 
 
 @attrs.frozen
@@ -90,7 +100,9 @@ class CaptionLmConfig:
     (coca where the backbone has one); ``share_with``: the recipe name of an ``itm`` loss
     whose grounded transformer this decoder shares (all but self-attention, BLIP; "" = its
     own); ``layers``/``heads``/``image_tokens``: of its own decoder (as ``itm``);
-    ``vocab_size``: the tokenizer's vocabulary (open_clip's BPE: 49408); ``pad_id``: the
+    ``vocab_size``: the tokenizer's vocabulary (open_clip's BPE: 49408); ``vocabulary``:
+    what the head predicts over, "tokenizer" (all ids, BLIP) or "train_captions" (the ids
+    of the training captions; see the module docstring); ``pad_id``: the
     padding token (open_clip: 0); ``caption_template``: the caption of an item without
     captions."""
 
@@ -102,6 +114,7 @@ class CaptionLmConfig:
     image_tokens: str = attrs.field(default="features",
                                     validator=_v.in_(("features", "patches")))
     vocab_size: int = attrs.field(default=49408, validator=size(1_000_000, lo=2))
+    vocabulary: str = attrs.field(default="tokenizer", validator=_v.in_(VOCABULARIES))
     pad_id: int = 0
     caption_template: str = "a photo of a {}."
 
@@ -116,7 +129,7 @@ class CaptionLmLoss(Loss):
         return ("z", "features") + patch_tokens_need(self._backbone[0], source)
 
     def __init__(self, cfg: CaptionLmConfig, backbone: nn.Module, class_names: list[str],
-                 seed: int = 0) -> None:
+                 seed: int = 0, train_texts: list[str] | None = None) -> None:
         super().__init__()
         backbone.require("text_tokens", who="caption_lm (token states of the captions)")
         self.cfg, self.class_names = cfg, list(class_names)
@@ -131,6 +144,8 @@ class CaptionLmLoss(Loss):
         self.decoder: GroundedTextTransformer | None = None
         self.lm_head: nn.Linear | None = None
         self.decoder_parts: DecoderParts | None = None
+        self.vocab_ids: torch.Tensor | None
+        self.register_buffer("vocab_ids", None)       # the head's ids ("train_captions")
         self.seed = seed
         if self.kind == "grounded":
             width = int(backbone.text_token_width)
@@ -139,7 +154,42 @@ class CaptionLmLoss(Loss):
                 self.decoder = GroundedTextTransformer(
                     width, cfg.layers, _heads(width, cfg.heads),
                     image_width(backbone, cfg.image_tokens), False, seed, mode="decode")
-            self.lm_head = nn.Linear(width, cfg.vocab_size)
+            ids = self._vocabulary(backbone, train_texts or [])
+            self.register_buffer("vocab_ids", ids, persistent=True)
+            self.lm_head = nn.Linear(width, cfg.vocab_size if ids is None else len(ids))
+        elif cfg.vocabulary != "tokenizer":
+            raise ClapkitError("caption_lm: vocabulary = 'train_captions' needs the grounded "
+                               "decoder (CoCa's own decoder predicts over its tokenizer)")
+
+    def _vocabulary(self, backbone: nn.Module, texts: list[str]) -> torch.Tensor | None:
+        """The sorted token ids of ``texts`` (``vocabulary = "train_captions"``), else None."""
+        if self.cfg.vocabulary == "tokenizer":
+            return None
+        if not texts:
+            raise ClapkitError("caption_lm: vocabulary = 'train_captions' needs a caption "
+                               "dataset (its training split has no captions)")
+        ids = torch.unique(backbone.tokenize(sorted(set(texts))))
+        ids = ids[ids != self.cfg.pad_id]
+        if int(ids.max()) >= self.cfg.vocab_size:
+            raise ClapkitError(f"caption_lm: token id {int(ids.max())} of a training caption "
+                               f"is outside vocab_size = {self.cfg.vocab_size}")
+        return ids
+
+    def _full_vocab(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits over the head's vocabulary -> over the tokenizer's (-inf elsewhere)."""
+        if self.vocab_ids is None:
+            return logits
+        full = logits.new_full((*logits.shape[:-1], self.cfg.vocab_size), float("-inf"))
+        full[..., self.vocab_ids] = logits
+        return full
+
+    def _head_labels(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``labels [N]`` (tokenizer ids) -> (head indices, kept mask): ids outside the
+        head's vocabulary are dropped."""
+        if self.vocab_ids is None:
+            return labels, torch.ones_like(labels, dtype=torch.bool)
+        idx = torch.searchsorted(self.vocab_ids, labels).clamp_max(len(self.vocab_ids) - 1)
+        return idx, self.vocab_ids[idx] == labels
 
     def bind(self, pipeline: nn.Module) -> None:
         """``share_with``: borrow that ``itm`` loss's grounded transformer (a reference: its
@@ -170,15 +220,15 @@ class CaptionLmLoss(Loss):
         """``[B,L,V]`` logits from text token states ``[B,L,W]`` (position t -> token t+1)."""
         if self.kind == "coca":
             return self._backbone[0].decode_text(images, states)
-        return self.lm_head(self._decoder().decode(states, ~mask, images,
-                                                   self.decoder_parts))
+        return self._full_vocab(self.lm_head(self._decoder().decode(
+            states, ~mask, images, self.decoder_parts)))
 
     def last_token_logits(self, states, mask, images) -> torch.Tensor:
         """``[B,V]``: the logits of the token after the last position only (generation)."""
         if self.kind == "coca":
             return self.next_token_logits(states, mask, images)[:, -1]
         hidden = self._decoder().decode(states, ~mask, images, self.decoder_parts)
-        return self.lm_head(hidden[:, -1])
+        return self._full_vocab(self.lm_head(hidden[:, -1]))
 
     def forward(self, outputs, batch) -> torch.Tensor:
         from ._image_text_batch import image_tokens, step_captions, text_encoding
@@ -201,8 +251,12 @@ class CaptionLmLoss(Loss):
         if not bool(real.any()):
             raise ValueError("every label is padding: no caption token to predict")
         # the vocabulary head only where a label counts (as CaptionLmObjective)
-        hidden = self._decoder().decode(w, ~mask, images, self.decoder_parts)[real]
-        return F.cross_entropy(self.lm_head(hidden).float(), labels[real],
+        target, known = self._head_labels(labels[real])
+        if not bool(known.any()):
+            raise ValueError("no caption token of this batch is in the head's vocabulary "
+                             "(vocabulary = 'train_captions')")
+        hidden = self._decoder().decode(w, ~mask, images, self.decoder_parts)[real][known]
+        return F.cross_entropy(self.lm_head(hidden).float(), target[known],
                                label_smoothing=self.cfg.smoothing)
 
 
@@ -210,7 +264,7 @@ def build(cfg: CaptionLmConfig, ctx: BuildContext) -> CaptionLmLoss:
     """BLIP's captioning LM (image-grounded causal decoder, label smoothing 0.1)."""
     if ctx.backbone is None:
         raise ClapkitError("caption_lm needs the backbone (its text tower reads the captions)")
-    return CaptionLmLoss(cfg, ctx.backbone, ctx.class_names, ctx.seed)
+    return CaptionLmLoss(cfg, ctx.backbone, ctx.class_names, ctx.seed, ctx.train_texts)
 
 
 @hookimpl

@@ -39,19 +39,25 @@ def test_images_show_the_colour_size_and_position_their_captions_name():
 
 
 def test_the_set_is_deterministic_per_seed_and_in_the_karpathy_layout(tmp_path):
-    per = {"train": 1, "val": 1, "test": 1}
+    per = {"train": 2, "val": 1, "test": 1}
     a = make_caption_demo(tmp_path / "a", 0, per)
     b = make_caption_demo(tmp_path / "b", 0, per)
     c = make_caption_demo(tmp_path / "c", 1, per)
     doc = json.loads((a / "dataset_coco.json").read_text())
     assert (a / "dataset_coco.json").read_text() == (b / "dataset_coco.json").read_text()
     assert (a / "dataset_coco.json").read_text() != (c / "dataset_coco.json").read_text()
-    assert doc["classes"] == list(INCREMENTAL_CLASSES) and len(doc["images"]) == 60
+    assert doc["classes"] == list(INCREMENTAL_CLASSES) and len(doc["images"]) == 80
     e = doc["images"][0]
     assert set(e) >= {"filepath", "filename", "imgid", "split", "sentences", "sentids"}
     assert [s["imgid"] for s in e["sentences"]] == [e["imgid"]] * 5
-    assert {x["split"] for x in doc["images"]} == {"train", "val", "test"}
-    assert len({x["imgid"] for x in doc["images"]}) == 60
+    # free training images are Karpathy "restval", named ones "train" (one of each per
+    # class here: a named-only training split is never empty)
+    assert {x["split"] for x in doc["images"]} == {"train", "restval", "val", "test"}
+    for part, style in (("train", "named"), ("restval", "free")):
+        got = [x for x in doc["images"] if x["split"] == part]
+        assert len(got) == 20 and all(x["attributes"]["style"] == style for x in got)
+        assert all(x["filepath"] == "train" for x in got)
+    assert len({x["imgid"] for x in doc["images"]}) == 80
     with Image.open(a / e["filepath"] / e["filename"]) as im:
         assert im.size == (32, 32) and im.mode == "RGB"
     assert (np.asarray(Image.open(a / e["filepath"] / e["filename"]))
