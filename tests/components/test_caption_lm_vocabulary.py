@@ -88,3 +88,23 @@ def test_unknown_label_ids_are_left_out(make, tiny_clip):
 def test_train_captions_needs_captions(make, tiny_clip):
     with pytest.raises(ClapkitError, match="needs a caption dataset"):
         make("loss", "caption_lm", _ctx(tiny_clip, []), vocabulary="train_captions")
+
+
+def test_vocabulary_benchmark_times_both_heads(capsys, monkeypatch):
+    """benchmarks/caption_lm_vocabulary.py runs both sides on the same batch and prints the
+    head sizes and the ratio (its timing is for people, not asserted)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "caption_lm_vocabulary.py"
+    spec = importlib.util.spec_from_file_location("caption_lm_vocabulary", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.setattr(sys, "argv", ["x", "--batch", "4", "--steps", "1", "--warmup", "0"])
+    mod.main()
+    out = capsys.readouterr().out
+    assert "tokenizer       head  49408 ids" in out
+    small = int(out.split("train_captions  head")[1].split("ids")[0])
+    assert 10 < small < 100
+    assert "tokenizer / train_captions:" in out
