@@ -238,7 +238,7 @@ def predict_cmd(run_dir: Path, inputs: tuple[Path, ...], checkpoint: str | None,
         raise ClapkitError(f"{run_dir}: no {checkpoint} checkpoint at {path}")
     prep = prepare(recipe, host(), checkpoint=path, checkpoint_name=checkpoint,
                    work_dir=run_dir)
-    rows, notes = predict(prep, inputs)
+    rows, notes = predict(prep, inputs, host())
     for note in notes:
         click.echo(f"note: {note}", err=True)
     for line in format_predictions(rows, top):

@@ -114,6 +114,20 @@ def clapkit_epoch_evaluate(run: Any, task: int, epoch: int, evaluation: Any
     """
 
 
+@hookspec
+def clapkit_predict(predictions: Any) -> None:
+    """Add to ``clapkit predict``'s rows what the plugin computes for new inputs (a
+    generated caption, the best-matching captions of a split).
+
+    ``predictions`` is a :class:`clapkit.predict.Predictions`: ``pipeline`` (eval mode),
+    ``rows`` (one dict per input, in input order: add keys to them -- a string is printed as
+    ``key: value``, a list of strings as ``key: a | b | c``), ``run(on_outputs)`` which
+    passes the model's outputs on every batch of the inputs to ``on_outputs(batch,
+    outputs)`` (``batch["index"]`` is the row), and ``split_texts(role)``: the captions of
+    the run's ``"valid"`` or ``"test"`` split. A key a row already has is an error.
+    """
+
+
 EVENT_HOOKS: tuple[str, ...] = (
     "clapkit_run_start", "clapkit_run_end", "clapkit_task_start", "clapkit_task_end",
     "clapkit_stage_start", "clapkit_stage_end", "clapkit_epoch_end", "clapkit_checkpoint_saved",

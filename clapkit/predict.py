@@ -112,15 +112,16 @@ def _detector(source: Any) -> tuple[Any, str | None]:
         return None, f"no face detector ({exc}); the face stream uses the centre crop"
 
 
-def predict(prep: Prepared, inputs: Sequence[Path]) -> tuple[list[dict[str, Any]], list[str]]:
-    """Per input: predicted class and the probability of every seen class; plus notes."""
+def predict(prep: Prepared, inputs: Sequence[Path], host: Any = None
+            ) -> tuple[list[dict[str, Any]], list[str]]:
+    """Per input: predicted class and the probability of every seen class, plus what the
+    recipe's plugins add (``clapkit_predict``, given ``host``); plus notes."""
     from .engine.distributed import DistInfo
     from .engine.loop import evaluate
     paths = expand_inputs(inputs, prep.source)
     detector, note = _detector(prep.source)
     ds = _Inputs(prep, paths, detector)
-    loader = torch.utils.data.DataLoader(ds, batch_size=prep.data.keys.eval_batch_size
-                                         or prep.data.keys.batch_size)
+    loader = torch.utils.data.DataLoader(ds, batch_size=_batch_size(prep))
     # inputs are new items: always through the image encoder, never the feature cache
     _, got = evaluate(prep.pipeline, loader, _step_config(prep, "predict"), DistInfo(),
                       collect=True)
@@ -137,6 +138,8 @@ def predict(prep: Prepared, inputs: Sequence[Path]) -> tuple[list[dict[str, Any]
                     "probability": float(row[k]),
                     "probabilities": {n: float(p) for n, p in zip(names, row.tolist())},
                     "face_detected": ds.faces_found[idx]})
+    if host is not None:
+        plugin_additions(prep, host, ds, out)
     notes = [note] if note else []
     missed = [r["input"] for r in out if r["face_detected"] is False]
     if missed:
@@ -145,11 +148,73 @@ def predict(prep: Prepared, inputs: Sequence[Path]) -> tuple[list[dict[str, Any]
     return out, notes
 
 
+#: the keys of a prediction row that ``predict`` itself fills
+BASE_KEYS = ("input", "predicted", "probability", "probabilities", "face_detected")
+
+
+class Predictions:
+    """What ``clapkit_predict`` implementations read and extend (see the hookspec)."""
+
+    def __init__(self, prep: Prepared, inputs: "_Inputs", rows: list[dict[str, Any]]) -> None:
+        self.prep, self.inputs, self.rows = prep, inputs, rows
+        self.pipeline = prep.pipeline
+
+    def run(self, on_outputs: Any) -> None:
+        """The model's outputs on every batch of the inputs, to ``on_outputs(batch,
+        outputs)``."""
+        from .engine.distributed import DistInfo
+        from .engine.loop import evaluate
+        loader = torch.utils.data.DataLoader(self.inputs, batch_size=_batch_size(self.prep))
+        evaluate(self.pipeline, loader, _step_config(self.prep, "predict"), DistInfo(),
+                 on_outputs=on_outputs)
+
+    def split_texts(self, role: str) -> list[str]:
+        """The captions of the run's ``role`` split ("valid" or "test"), each once."""
+        from .evaluation import split_name
+        refs = self.prep.source.refs(split_name(self.prep, role))
+        return list(dict.fromkeys(t for r in refs for t in r.texts))
+
+
+def _batch_size(prep: Prepared) -> int:
+    return prep.data.keys.eval_batch_size or prep.data.keys.batch_size
+
+
+def plugin_additions(prep: Prepared, host: Any, inputs: "_Inputs",
+                     rows: list[dict[str, Any]]) -> None:
+    """Let the recipe's logger plugins that implement ``clapkit_predict`` extend ``rows``."""
+    from .build import build_component
+    listeners = [build_component(spec, prep.ctx) for spec in prep.recipe.log.values()]
+    listeners = [obj for obj in listeners if hasattr(obj, "clapkit_predict")]
+    if not listeners:
+        return
+    before = [dict(r) for r in rows]
+    for n, obj in enumerate(listeners):
+        host.register_listener(obj, name=f"predict-{n}@{id(obj)}")
+    try:
+        host.hook.clapkit_predict(predictions=Predictions(prep, inputs, rows))
+    finally:
+        for obj in listeners:
+            host.unregister_listener(obj)
+    for row, was in zip(rows, before):
+        changed = sorted(k for k, v in was.items() if k not in row or row[k] is not v)
+        if changed:
+            raise ClapkitError(f"a clapkit_predict implementation changed the row keys "
+                               f"{changed} of {row.get('input')}; it may only add keys")
+
+
 def format_predictions(rows: list[dict[str, Any]], top: int = 5) -> list[str]:
+    """One line per input (class and probabilities), then one indented line per key a
+    plugin added (``caption: ...``, ``matches: a | b``)."""
     lines = []
     for r in rows:
         ranked = sorted(r["probabilities"].items(), key=lambda kv: -kv[1])[:top]
         shown = ", ".join(f"{n} {100 * p:.1f}%" for n, p in ranked)
         lines.append(f"{r['input']}: {r['predicted']} ({100 * r['probability']:.1f}%)   "
                      f"[{shown}]")
+        for key, value in r.items():
+            if key in BASE_KEYS:
+                continue
+            if isinstance(value, (list, tuple)):
+                value = " | ".join(str(v) for v in value)
+            lines.append(f"    {key}: {value}")
     return lines

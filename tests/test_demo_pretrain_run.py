@@ -99,3 +99,26 @@ def test_backbone_pt_is_the_trained_model_and_loads_as_pretrained(pretrain):
                                 out=tmp / "zs0", overrides=[f'data.root="{incremental}"'])
     assert loaded["num_items"] == random["num_items"] > 0
     assert loaded["confusion"] != random["confusion"]      # other weights, other predictions
+
+
+def test_predict_prints_a_caption_and_the_best_matching_captions(pretrain, capsys):
+    """`clapkit predict RUN_DIR image.png` on the image-text run: the class line, then the
+    image_text plugin's generated caption and the test split's best-matching captions."""
+    from clapkit.cli import main
+
+    tmp, _, _, _ = pretrain
+    doc = json.loads((tmp / "captions" / "dataset_coco.json").read_text())
+    test = [e for e in doc["images"] if e["split"] == "test"]
+    image = tmp / "captions" / test[0]["filepath"] / test[0]["filename"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as code:
+        main(["predict", str(tmp / "run"), str(image), "--json", str(tmp / "pred.json")])
+    assert code.value.code == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(str(image)) and "%" in out[0]
+    assert out[1].startswith("    caption: ") and len(out[1]) > len("    caption: ")
+    row = json.loads((tmp / "pred.json").read_text())[0]
+    matches = row["best-matching captions (test)"]
+    every_test_caption = {s["raw"] for e in test for s in e["sentences"]}
+    assert len(matches) == 3 and set(matches) <= every_test_caption
+    assert out[2] == "    best-matching captions (test): " + " | ".join(matches)

@@ -55,7 +55,8 @@ class ImageTextEvalConfig:
     COCO, 128 on Flickr30k); ``captions``: generate and score captions at task end;
     ``beams``/``max_length``/``min_length``/``repetition_penalty``: the generation (BLIP:
     3 beams, 20 / 5 tokens, penalty 1.0); ``caption_images``: at most this many images of a
-    split are captioned (0 = all); ``examples``: generated captions printed per split."""
+    split are captioned (0 = all); ``examples``: generated captions printed per split;
+    ``matches``: the best-matching captions ``clapkit predict`` shows per input (0 = none)."""
 
     splits: list[str] = attrs.field(factory=lambda: ["valid", "test"],
                                     validator=_v.deep_iterable(_v.in_(ROLES)))
@@ -68,6 +69,7 @@ class ImageTextEvalConfig:
     repetition_penalty: float = attrs.field(default=1.0, validator=[_v.gt(0.0), _v.le(100.0)])
     caption_images: int = attrs.field(default=0, validator=v.size(10_000_000, lo=0))
     examples: int = attrs.field(default=5, validator=[_v.ge(0), _v.le(1000)])
+    matches: int = attrs.field(default=3, validator=[_v.ge(0), _v.le(100)])
     batch_size: int = attrs.field(default=64, validator=v.size(v.MAX_BATCH))
 
     def __attrs_post_init__(self) -> None:
@@ -309,6 +311,46 @@ class ImageTextEval:
                                                        "itm_i2t_r1", "itm_t2i_r1"))
             print(f"image-text retrieval (%): {shown}")
         return metrics
+
+    @hookimpl
+    def clapkit_predict(self, predictions: Any) -> None:
+        """``clapkit predict``: a generated caption per input (with a ``caption_lm`` loss)
+        and the ``matches`` best-matching captions of the run's test split (else valid)."""
+        pipe = predictions.pipeline
+        lm = _find_loss(pipe, "CaptionLmLoss")
+        data = Collected(tokens={s: [] for s in self._sources(pipe, lm is not None)})
+        bb = pipe.backbone
+
+        def on_outputs(batch: dict[str, Any], outputs: dict[str, Any]) -> None:
+            from clapkit_plugins.losses._image_text_batch import image_tokens
+            data.z.append(outputs["z"].detach().float().cpu())
+            for s in data.tokens:
+                data.tokens[s].append(image_tokens(batch, outputs, bb, s).detach().float().cpu())
+            data.image_ids.extend(str(int(i)) for i in batch["index"])
+
+        with torch.no_grad():
+            predictions.run(on_outputs)
+        rows = {str(i): row for i, row in enumerate(predictions.rows)}
+        if lm is not None and self.cfg.captions:
+            for g, caption in generate_captions(predictions, data,
+                                                attrs.evolve(self.cfg, caption_images=0)
+                                                ).items():
+                rows[g]["caption"] = caption
+        texts = []
+        for role in ("test", "valid"):
+            try:
+                texts = predictions.split_texts(role)
+            except ClapkitError:
+                continue
+            if texts:
+                break
+        if not texts or not self.cfg.matches:
+            return
+        text, _ = encode_captions(bb, texts, self.cfg.batch_size, False)
+        sim = similarity_in_chunks(torch.cat(data.z), text)
+        best = sim.topk(min(self.cfg.matches, len(texts)), dim=1).indices
+        for g, picks in zip(data.image_ids, best.tolist()):
+            rows[g][f"best-matching captions ({role})"] = [texts[k] for k in picks]
 
     @hookimpl
     def clapkit_run_end(self, run: Any, summary: dict[str, Any]) -> None:
