@@ -15,8 +15,10 @@ without items), ``confusion`` (rows = true class, columns = predicted, in ``clas
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -215,16 +217,33 @@ class _PreparedRun:
         return _step_config(self.prep, desc)
 
 
+@contextlib.contextmanager
+def recipe_listeners(prep: Prepared, host: PluginHost | None, hook: str) -> Iterator[list]:
+    """The recipe's ``[log.*]`` plugins that implement ``hook``, built and registered with
+    ``host`` for the ``with`` block (none without a host): how ``clapkit eval`` and
+    ``clapkit predict`` reach the evaluation plugins outside a run."""
+    from .build import build_component
+    if host is None:
+        yield []
+        return
+    listeners = [build_component(spec, prep.ctx) for spec in prep.recipe.log.values()]
+    listeners = [obj for obj in listeners if hasattr(obj, hook)]
+    for n, obj in enumerate(listeners):
+        host.register_listener(obj, name=f"{hook}-{n}@{id(obj)}")
+    try:
+        yield listeners
+    finally:
+        for obj in listeners:
+            host.unregister_listener(obj)
+
+
 def hooked_metrics(prep: Prepared, split: str, host: PluginHost,
                    result: dict[str, Any]) -> dict[str, Any]:
     """What the recipe's evaluation plugins (``clapkit_task_evaluate``: retrieval,
     captioning, ...) add on ``split``, as at a run's task end; they write no files here
     (the eval JSON holds their figures)."""
-    from .build import build_component
     from .engine.state import RunState
     from .engine.task_eval import TaskEvaluation, plugin_metrics
-    listeners = [build_component(spec, prep.ctx) for spec in prep.recipe.log.values()]
-    listeners = [obj for obj in listeners if hasattr(obj, "clapkit_task_evaluate")]
     sc = prep.scenario
     state = RunState(recipe=prep.recipe, out_dir=None, device=prep.device,
                      class_names=list(prep.class_names), num_tasks=sc.num_tasks, task=prep.task)
@@ -232,13 +251,8 @@ def hooked_metrics(prep: Prepared, split: str, host: PluginHost,
     ev = TaskEvaluation(task=prep.task, seen_classes=sc.seen(prep.task) if sc.incremental
                         else None, num_tasks=sc.num_tasks, task_of_class=list(sc.task_of_class),
                         splits={split: split_name(prep, split)}, pipeline=prep.pipeline, tr=run)
-    for n, obj in enumerate(listeners):
-        host.register_listener(obj, name=f"eval-{n}@{id(obj)}")
-    try:
+    with recipe_listeners(prep, host, "clapkit_task_evaluate"):
         extra = plugin_metrics(run, prep.task, ev, {})
-    finally:
-        for obj in listeners:
-            host.unregister_listener(obj)
     clash = sorted(set(extra) & set(result))
     if clash:
         raise ClapkitError(f"an evaluation plugin returned metric '{clash[0]}', which "

@@ -23,7 +23,7 @@ from .data.sources import ClipSource, ImageSource
 from .data.video import (IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, list_frames, read_clip,
                          read_image, resolve_clip)
 from .errors import ClapkitError
-from .evaluation import Prepared, _step_config
+from .evaluation import Prepared, _step_config, recipe_listeners
 
 
 def refuse_special_file(path: Path) -> None:
@@ -122,10 +122,27 @@ def predict(prep: Prepared, inputs: Sequence[Path], host: Any = None
     detector, note = _detector(prep.source)
     ds = _Inputs(prep, paths, detector)
     loader = torch.utils.data.DataLoader(ds, batch_size=_batch_size(prep))
-    # inputs are new items: always through the image encoder, never the feature cache
-    _, got = evaluate(prep.pipeline, loader, _step_config(prep, "predict"), DistInfo(),
-                      collect=True)
-    assert got is not None
+    with recipe_listeners(prep, host, "clapkit_predict") as listeners:
+        # inputs are new items: always through the image encoder, never the feature cache;
+        # one pass, its batches kept for the plugins when some implement clapkit_predict
+        passes: list[tuple[dict[str, Any], dict[str, Any]]] = []
+        _, got = evaluate(prep.pipeline, loader, _step_config(prep, "predict"), DistInfo(),
+                          collect=True, on_outputs=(lambda b, o: passes.append((b, o)))
+                          if listeners else None)
+        assert got is not None
+        out = _rows(prep, paths, ds, got)
+        if listeners:
+            plugin_additions(host, Predictions(prep.pipeline, passes, prep, out))
+    notes = [note] if note else []
+    missed = [r["input"] for r in out if r["face_detected"] is False]
+    if missed:
+        notes.append(f"no face found in {len(missed)} input(s) ({', '.join(missed[:3])}"
+                     f"{', ...' if len(missed) > 3 else ''}): face stream = centre crop")
+    return out, notes
+
+
+def _rows(prep: Prepared, paths: list[Path], ds: "_Inputs", got: Any) -> list[dict[str, Any]]:
+    """One row per input, in input order: the predicted class and every probability."""
     seen = prep.scenario.seen(prep.task) if prep.scenario.incremental else \
         prep.scenario.num_classes
     names = prep.class_names[:seen]
@@ -138,14 +155,7 @@ def predict(prep: Prepared, inputs: Sequence[Path], host: Any = None
                     "probability": float(row[k]),
                     "probabilities": {n: float(p) for n, p in zip(names, row.tolist())},
                     "face_detected": ds.faces_found[idx]})
-    if host is not None:
-        plugin_additions(prep, host, ds, out)
-    notes = [note] if note else []
-    missed = [r["input"] for r in out if r["face_detected"] is False]
-    if missed:
-        notes.append(f"no face found in {len(missed)} input(s) ({', '.join(missed[:3])}"
-                     f"{', ...' if len(missed) > 3 else ''}): face stream = centre crop")
-    return out, notes
+    return out
 
 
 #: the keys of a prediction row that ``predict`` itself fills
@@ -155,18 +165,16 @@ BASE_KEYS = ("input", "predicted", "probability", "probabilities", "face_detecte
 class Predictions:
     """What ``clapkit_predict`` implementations read and extend (see the hookspec)."""
 
-    def __init__(self, prep: Prepared, inputs: "_Inputs", rows: list[dict[str, Any]]) -> None:
-        self.prep, self.inputs, self.rows = prep, inputs, rows
-        self.pipeline = prep.pipeline
+    def __init__(self, pipeline: Any, passes: list[tuple[dict[str, Any], dict[str, Any]]],
+                 prep: Prepared, rows: list[dict[str, Any]]) -> None:
+        self.pipeline, self.prep, self.rows = pipeline, prep, rows
+        self._passes = passes
 
     def run(self, on_outputs: Any) -> None:
         """The model's outputs on every batch of the inputs, to ``on_outputs(batch,
-        outputs)``."""
-        from .engine.distributed import DistInfo
-        from .engine.loop import evaluate
-        loader = torch.utils.data.DataLoader(self.inputs, batch_size=_batch_size(self.prep))
-        evaluate(self.pipeline, loader, _step_config(self.prep, "predict"), DistInfo(),
-                 on_outputs=on_outputs)
+        outputs)``: the batches of predict's own pass, not a second one."""
+        for batch, outputs in self._passes:
+            on_outputs(batch, outputs)
 
     def split_texts(self, role: str) -> list[str]:
         """The captions of the run's ``role`` split ("valid" or "test"), each once."""
@@ -179,23 +187,11 @@ def _batch_size(prep: Prepared) -> int:
     return prep.data.keys.eval_batch_size or prep.data.keys.batch_size
 
 
-def plugin_additions(prep: Prepared, host: Any, inputs: "_Inputs",
-                     rows: list[dict[str, Any]]) -> None:
-    """Let the recipe's logger plugins that implement ``clapkit_predict`` extend ``rows``."""
-    from .build import build_component
-    listeners = [build_component(spec, prep.ctx) for spec in prep.recipe.log.values()]
-    listeners = [obj for obj in listeners if hasattr(obj, "clapkit_predict")]
-    if not listeners:
-        return
-    before = [dict(r) for r in rows]
-    for n, obj in enumerate(listeners):
-        host.register_listener(obj, name=f"predict-{n}@{id(obj)}")
-    try:
-        host.hook.clapkit_predict(predictions=Predictions(prep, inputs, rows))
-    finally:
-        for obj in listeners:
-            host.unregister_listener(obj)
-    for row, was in zip(rows, before):
+def plugin_additions(host: Any, predictions: Predictions) -> None:
+    """``clapkit_predict`` on the registered plugins; they may only add keys to the rows."""
+    before = [dict(r) for r in predictions.rows]
+    host.hook.clapkit_predict(predictions=predictions)
+    for row, was in zip(predictions.rows, before):
         changed = sorted(k for k, v in was.items() if k not in row or row[k] is not v)
         if changed:
             raise ClapkitError(f"a clapkit_predict implementation changed the row keys "

@@ -101,10 +101,18 @@ def test_backbone_pt_is_the_trained_model_and_loads_as_pretrained(pretrain):
     assert loaded["confusion"] != random["confusion"]      # other weights, other predictions
 
 
-def test_predict_prints_a_caption_and_the_best_matching_captions(pretrain, capsys):
+def test_predict_prints_a_caption_and_the_best_matching_captions(pretrain, capsys,
+                                                                  monkeypatch):
     """`clapkit predict RUN_DIR image.png` on the image-text run: the class line, then the
-    image_text plugin's generated caption and the test split's best-matching captions."""
+    image_text plugin's generated caption and the test split's best-matching captions, from
+    one pass of the pipeline over the inputs (the plugin reads predict's own batches)."""
     from clapkit.cli import main
+    from clapkit.pipeline import Pipeline
+
+    passes = []
+    forward = Pipeline.forward
+    monkeypatch.setattr(Pipeline, "forward",
+                        lambda self, batch: passes.append(1) or forward(self, batch))
 
     tmp, _, _, _ = pretrain
     doc = json.loads((tmp / "captions" / "dataset_coco.json").read_text())
@@ -113,7 +121,7 @@ def test_predict_prints_a_caption_and_the_best_matching_captions(pretrain, capsy
     capsys.readouterr()
     with pytest.raises(SystemExit) as code:
         main(["predict", str(tmp / "run"), str(image), "--json", str(tmp / "pred.json")])
-    assert code.value.code == 0
+    assert code.value.code == 0 and len(passes) == 1
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith(str(image)) and "%" in out[0]
     assert out[1].startswith("    caption: ") and len(out[1]) > len("    caption: ")

@@ -33,9 +33,7 @@ def stage_items(tr: Any, task: int, stage: StageConfig) -> list[int]:
         return sorted(tr.memory)
     split = stage_split(tr, stage)
     new = tr.data.items(split, tr.scenario, [task])
-    if split != tr.data.train_split:      # the memory holds train-split items
-        return sorted(new)
-    if stage.data == "task":
+    if stage.data == "task" or split != tr.data.train_split:   # memory: train-split items
         return sorted(new)
     return sorted(set(new) | set(tr.memory))
 
